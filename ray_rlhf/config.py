@@ -1,0 +1,500 @@
+"""Typed, frozen configuration: one dataclass per role under the `RLHFConfig` root.
+
+Configs come from YAML files plus dotted command-line overrides (`ppo.kl.coef=0.05`).
+Unknown keys, wrong types and inconsistent combinations raise `ConfigError` naming the
+dotted key, before any Ray, vLLM or DeepSpeed work starts. Every field has a docstring
+(the line under it); `ray-rlhf config show` prints the resolved tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ray_rlhf.data.toyworld.spec import ToyWorldConfig
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, mistyped or inconsistent; the message names the key."""
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """Shape of the tiny Llama built from config when `model.path` is unset."""
+
+    hidden_size: int = 64
+    """Hidden width; hidden_size / num_heads must be a head_dim vLLM's CPU backend supports."""
+    num_layers: int = 2
+    """Decoder layers."""
+    num_heads: int = 2
+    """Attention heads (head_dim = hidden_size / num_heads >= 32 on CPU)."""
+    intermediate_size: int = 256
+    """MLP width."""
+    max_position_embeddings: int = 128
+    """Longest prompt + response in tokens."""
+    seed: int = 0
+    """Seed of the random initialization."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which policy to start from."""
+
+    path: str | None = None
+    """Local HF causal-LM directory. None: build the tiny model from `tiny` (toy world)."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Tiny-model shape used when `path` is None."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model dir. Off: nothing from the dir is executed."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Parameter dtype for learners and rollout engines."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where prompts and training examples come from."""
+
+    sft_path: str | None = None
+    """SFT file/dir (json, jsonl, parquet) or hub name. None: the toy world's SFT split."""
+    prompts_path: str | None = None
+    """RL prompt file/dir or hub name. None: the toy world's train prompts."""
+    eval_prompts_path: str | None = None
+    """Held-out prompts for evaluation. None: the toy world's test prompts."""
+    preferences_path: str | None = None
+    """Preference pairs for RM training. None: the toy world's train pairs."""
+    max_prompt_tokens: int = 32
+    """Longer prompts are a data error (reported with file and row), never truncated."""
+    max_response_tokens: int = 16
+    """Generation length limit; longer SFT / preference responses are a data error."""
+    toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
+    """The built-in toy world (used wherever a path above is None)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_prompt_tokens > 0, "max_prompt_tokens", "must be > 0")
+        _check(self.max_response_tokens > 0, "max_response_tokens", "must be > 0")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """DeepSpeed learners running inside a Ray Train worker group."""
+
+    num_workers: int = 2
+    """Ray Train workers (data-parallel ranks)."""
+    cpus_per_worker: int = 1
+    """CPUs each worker requests; also its torch / OpenMP thread count."""
+    use_gpu: bool = False
+    """One GPU per worker and NCCL instead of gloo."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage."""
+    bf16: bool = False
+    """bf16 mixed precision (ZeRO stages 0, 2, 3 on CPU)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 disables."""
+    max_failures: int = 1
+    """Ray Train restarts of the worker group from the last checkpoint."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        _check(self.cpus_per_worker >= 1, "cpus_per_worker", "must be >= 1")
+        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning of the policy on (prompt, response) pairs."""
+
+    steps: int = 1500
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Global batch (split evenly across learner workers)."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (linear warmup, cosine decay to 10%)."""
+    warmup_steps: int = 50
+    """Linear warmup steps (capped at `steps`)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    log_every: int = 50
+    """Report metrics (and print progress) every this many steps."""
+    checkpoint_every: int = 500
+    """Report a resumable checkpoint every this many steps (0: only at the end)."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps > 0, "steps", "must be > 0")
+        _check(self.batch_size > 0, "batch_size", "must be > 0")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _check(self.log_every > 0, "log_every", "must be > 0")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """vLLM rollout actors."""
+
+    num_actors: int = 1
+    """Rollout actors in the pool (resizable between iterations)."""
+    cpus_per_actor: int = 1
+    """CPUs per actor; also the engine's thread count."""
+    gpus_per_actor: float = 0.0
+    """GPUs per actor (0 on CPU machines)."""
+    n_samples: int = 4
+    """Samples per prompt."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    kv_cache_mib: int = 64
+    """KV-cache size per engine (vLLM's CPU auto-sizing is wrong on these machines)."""
+    enforce_eager: bool = True
+    """Skip graph capture / compilation (faster start; the CPU path needs no compile)."""
+    max_restarts: int = 2
+    """Ray restarts of a dead rollout actor."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_actors >= 1, "num_actors", "must be >= 1")
+        _check(self.n_samples >= 1, "n_samples", "must be >= 1")
+        _check(self.temperature >= 0, "temperature", "must be >= 0")
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _check(self.kv_cache_mib >= 1, "kv_cache_mib", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward actors."""
+
+    kind: Literal["rule", "model"] = "rule"
+    """`rule`: a Python function; `model`: a reward-model directory."""
+    rule: str = "ray_rlhf.data.toyworld:true_reward"
+    """`module:function` or `path/to/file.py:function` with signature (prompt, response)."""
+    model_path: str | None = None
+    """Reward-model directory when kind is `model`."""
+    num_actors: int = 1
+    """Reward actors in the pool."""
+    clip: float = 10.0
+    """Rewards are clamped to [-clip, clip]."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.kind != "model" or self.model_path is not None,
+            "model_path",
+            "required when kind is 'model'",
+        )
+        _check(":" in self.rule, "rule", "must look like 'module:function' or 'file.py:function'")
+        _check(self.num_actors >= 1, "num_actors", "must be >= 1")
+        _check(self.clip > 0, "clip", "must be > 0")
+
+
+@dataclass(frozen=True)
+class KLConfig:
+    """KL regularization toward the reference policy."""
+
+    coef: float = 0.05
+    """Initial (or fixed) KL coefficient beta."""
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator."""
+    placement: Literal["reward", "loss"] = "reward"
+    """Subtract beta*KL from per-token rewards, or add it to the policy loss."""
+    adaptive: bool = False
+    """Adapt beta toward `target` (Ziegler et al. 2019)."""
+    target: float = 6.0
+    """Target KL per sequence for the adaptive controller."""
+    horizon: int = 10000
+    """Adaptive controller horizon in samples."""
+
+    def __post_init__(self) -> None:
+        _check(self.coef >= 0, "coef", "must be >= 0")
+        _check(self.target > 0, "target", "must be > 0")
+        _check(self.horizon > 0, "horizon", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO and group-baseline policy optimization."""
+
+    iterations: int = 30
+    """Generate -> score -> learn -> sync iterations."""
+    prompts_per_iteration: int = 64
+    """Prompts per iteration (each sampled `rollout.n_samples` times)."""
+    advantage: Literal["gae", "rloo", "grpo", "reinforce_pp"] = "rloo"
+    """Advantage estimator; `gae` trains a critic."""
+    epochs: int = 1
+    """Passes over each rollout batch."""
+    minibatch_size: int = 64
+    """Samples per optimizer step (global)."""
+    micro_batch_size: int = 32
+    """Samples per forward/backward per worker (gradient accumulation)."""
+    lr: float = 1e-4
+    """Policy learning rate."""
+    critic_lr: float = 5e-4
+    """Critic learning rate (gae only)."""
+    clip_eps: float = 0.2
+    """Ratio clip."""
+    value_clip: float = 0.25
+    """Value clip (gae only)."""
+    gamma: float = 1.0
+    """Discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_rewards: bool = False
+    """Whiten scores over the batch before advantages."""
+    eval_every: int = 5
+    """Evaluate on held-out prompts every this many iterations."""
+    kl: KLConfig = field(default_factory=KLConfig)
+    """KL penalty."""
+
+    def __post_init__(self) -> None:
+        _check(self.iterations > 0, "iterations", "must be > 0")
+        _check(self.prompts_per_iteration > 0, "prompts_per_iteration", "must be > 0")
+        _check(self.epochs > 0, "epochs", "must be > 0")
+        _check(self.micro_batch_size > 0, "micro_batch_size", "must be > 0")
+        _check(
+            self.minibatch_size % self.micro_batch_size == 0,
+            "minibatch_size",
+            f"must be a multiple of micro_batch_size ({self.micro_batch_size})",
+        )
+        _check(0 < self.clip_eps < 1, "clip_eps", "must be in (0, 1)")
+        _check(0 <= self.gamma <= 1, "gamma", "must be in [0, 1]")
+        _check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class RMConfig:
+    """Reward-model training."""
+
+    head: Literal["scalar", "per_position"] = "scalar"
+    """Scalar last-token score, or a score at every position (segment rewards)."""
+    steps: int = 500
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Pairs per step (global)."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    margin: bool = False
+    """Use per-pair margins when the dataset has a `margin` column."""
+    label_smoothing: float = 0.0
+    """Label smoothing alpha of the BT loss."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps > 0, "steps", "must be > 0")
+        _check(self.batch_size > 0, "batch_size", "must be > 0")
+        _check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """The Ray cluster."""
+
+    address: str | None = None
+    """Ray address to join; None starts an embedded local cluster (or joins the job's)."""
+    num_cpus: int | None = None
+    """CPUs of the embedded cluster; None: all cores."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run writes and how it is seeded."""
+
+    name: str = "run"
+    """Run name; outputs go to `<output_dir>/<name>`."""
+    output_dir: str = "runs"
+    """Parent directory of run directories."""
+    seed: int = 0
+    """Seed of data order, sampling and initialization."""
+    overwrite: bool = False
+    """Allow writing into an existing run directory that holds a finished run."""
+
+    @property
+    def run_dir(self) -> Path:
+        """The directory this run writes to."""
+        return Path(self.output_dir) / self.name
+
+
+@dataclass(frozen=True)
+class RLHFConfig:
+    """Root config: one section per role."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def __post_init__(self) -> None:
+        per_worker, rest = divmod(self.sft.batch_size, self.learner.num_workers)
+        _check(
+            rest == 0 and per_worker > 0,
+            "sft.batch_size",
+            f"must be a positive multiple of learner.num_workers ({self.learner.num_workers})",
+        )
+        _check(
+            self.ppo.advantage not in ("rloo", "grpo") or self.rollout.n_samples >= 2,
+            "rollout.n_samples",
+            f"must be >= 2 for ppo.advantage={self.ppo.advantage!r} (group baselines)",
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against type hint `tp`, converting YAML scalars where lossless."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            _check(type(None) in args, key, "must not be null")
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        _check(isinstance(value, list | tuple), key, f"expected a list, got {value!r}")
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        _check(ok, key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        _check(ok, key, f"expected an integer, got {value!r}")
+        return value
+    if tp in (bool, str):
+        _check(isinstance(value, tp), key, f"expected {tp.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping, naming the dotted key of any problem."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {names}"
+            raise ConfigError(f"{dotted}: unknown key{hint}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}.{exc}" if prefix else str(exc)) from None
+    except ValueError as exc:  # a section's own validation (e.g. ToyWorldConfig)
+        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples become lists), YAML-safe."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        _check(isinstance(child, dict), dotted, f"'{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `a.b.c=value`; the value is parsed as YAML (`0.1`, `true`, `[a, b]`, `null`)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. ppo.kl.coef=0.05")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from None
+    return key.strip(), value
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        both_maps = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both_maps else value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    defaults: list[str] | tuple[str, ...] = (),
+) -> RLHFConfig:
+    """Read a YAML file (optional), apply dotted overrides, and validate everything.
+
+    Args:
+        path: YAML file whose top-level keys are sections of `RLHFConfig`.
+        overrides: `section.key=value` strings applied after the file, in order.
+        defaults: `section.key=value` strings applied *under* the file (a command's own
+            defaults, e.g. the demo's run name).
+
+    Raises:
+        ConfigError: naming the file or the dotted key that is wrong.
+    """
+    tree: dict[str, Any] = {}
+    for text in defaults:
+        _set_dotted(tree, *parse_override(text))
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p}: not found")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p}: invalid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping of sections")
+        tree = _merge(tree, loaded)
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    return _build(RLHFConfig, tree, "")
+
+
+def dump_config(cfg: RLHFConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (reloadable with `load_config`)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

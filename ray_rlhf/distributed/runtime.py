@@ -1,0 +1,74 @@
+"""Starting or joining Ray, and the environment every actor / Ray Train worker gets."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from ray_rlhf.config import ResourcesConfig
+
+# Settings that must reach every process the project starts (see README "Environment").
+_PROPAGATED = (
+    "DS_ACCELERATOR",
+    "TORCH_EXTENSIONS_DIR",
+    "TRITON_CACHE_DIR",
+    "VLLM_CACHE_ROOT",
+    "VLLM_ENABLE_V1_MULTIPROCESSING",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "HF_HOME",
+    "HF_DATASETS_CACHE",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TMPDIR",
+    "MPLCONFIGDIR",
+    "OMP_WAIT_POLICY",
+    "TOKENIZERS_PARALLELISM",
+    "PYTHONDONTWRITEBYTECODE",
+)
+
+
+def worker_env_vars() -> dict[str, str]:
+    """Environment passed to every Ray worker via `runtime_env`.
+
+    OpenMP spin-waiting makes processes that share 2 cores 10-80x slower (STACK.md,
+    "Threads"), so the wait policy defaults to PASSIVE; thread counts are set per actor.
+    """
+    env = {k: os.environ[k] for k in _PROPAGATED if k in os.environ}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def init_ray(resources: ResourcesConfig) -> bool:
+    """Join the configured / job's cluster, or start an embedded one.
+
+    Returns:
+        True when this call started Ray (the caller then owns `ray.shutdown()`).
+    """
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "runtime_env": {"env_vars": worker_env_vars()},
+        "logging_level": "WARNING",
+        "log_to_driver": True,
+    }
+    address = resources.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        temp_dir = os.environ.get("RAY_RLHF_RAY_TMP")
+        ray.init(
+            num_cpus=resources.num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            **kwargs,
+        )
+    return True
+
+
+def shutdown_ray(started: bool) -> None:
+    """Shut Ray down if `init_ray` started it (never a cluster we merely joined)."""
+    if started:
+        ray.shutdown()

@@ -1,0 +1,178 @@
+"""SFT as a Ray Train run: `TorchTrainer` workers each drive one `SFTLearner` (DeepSpeed).
+
+Ray Train owns the process group (gloo on CPU, NCCL on GPU), restarts the worker group from
+the last reported checkpoint (FailureConfig), and records metrics with each report. The data
+position is the step number (see `global_batch_indices`), so a restart replays nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ray_rlhf.config import RLHFConfig
+from ray_rlhf.data.sampler import global_batch_indices
+from ray_rlhf.metrics import MetricsWriter
+
+HF_SUBDIR = "hf"
+STATE_FILE = "sft_state.json"
+
+
+def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows `idx`, trimmed to the longest sequence in them (right padding)."""
+    rows = {k: v[idx] for k, v in data.items()}
+    width = int(rows["attention_mask"].sum(dim=1).max())
+    return {k: v[:, :width] for k, v in rows.items()}
+
+
+def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    t /= torch.distributed.get_world_size()
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
+def _report(learner: Any, metrics: dict[str, float], step: int, *, save: bool, final: bool):
+    """Report metrics; with `save`, a resumable checkpoint; with `final`, also the HF dir."""
+    if not save:
+        ray.train.report(metrics)
+        return
+    rank = ray.train.get_context().get_world_rank()
+    weights = learner.state_dict() if final else None  # collective under ZeRO-3
+    with tempfile.TemporaryDirectory() as tmp:
+        learner.save_checkpoint(tmp)
+        if rank == 0:
+            from ray_rlhf.models.checkpoint import save_json_atomic
+
+            save_json_atomic(Path(tmp) / STATE_FILE, {"step": step})
+            if final:
+                _export_hf(learner, weights, Path(tmp) / HF_SUBDIR)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _export_hf(learner: Any, weights: dict[str, torch.Tensor], out_dir: Path) -> None:
+    from ray_rlhf.models.builders import load_policy, load_tokenizer
+    from ray_rlhf.models.checkpoint import save_hf_model
+
+    model = load_policy(learner.model_dir)
+    model.load_state_dict(weights)
+    save_hf_model(model, load_tokenizer(learner.model_dir), out_dir, metadata={"stage": "sft"})
+
+
+def sft_train_loop(config: dict[str, Any]) -> None:
+    """Body of each Ray Train worker."""
+    from ray_rlhf.learner.sft import SFTLearner
+
+    cfg: RLHFConfig = config["cfg"]
+    torch.set_num_threads(cfg.learner.cpus_per_worker)
+    torch.manual_seed(cfg.run.seed)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data = ray.get(config["data_ref"])
+    n = data["input_ids"].shape[0]
+    learner = SFTLearner(
+        config["model_dir"],
+        cfg.model,
+        cfg.learner,
+        cfg.sft,
+        micro_batch_per_worker=cfg.sft.batch_size // world,
+    )
+    start = _restore(learner)
+    writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
+    window: list[dict[str, float]] = []
+    tick = time.perf_counter()
+    for step in range(start, cfg.sft.steps):
+        idx = global_batch_indices(n, cfg.sft.batch_size, step, cfg.run.seed)[rank::world]
+        window.append(learner.train_step(_batch(data, idx)))
+        done = step + 1
+        if done % cfg.sft.log_every and done != cfg.sft.steps:
+            continue
+        metrics = _mean_over_ranks({k: sum(m[k] for m in window) / len(window) for k in window[0]})
+        elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+        metrics["perf/steps_per_s"] = len(window) / elapsed
+        metrics["perf/tokens_per_s"] = metrics["train/tokens"] * world * len(window) / elapsed
+        metrics["train/step"] = done
+        window = []
+        if writer is not None:
+            writer.log(done, metrics)
+            print(
+                f"[sft] step {done}/{cfg.sft.steps}  loss {metrics['train/loss']:.4f}  "
+                f"lr {metrics['train/lr']:.2e}  {metrics['perf/steps_per_s']:.1f} steps/s",
+                flush=True,
+            )
+        every, final = cfg.sft.checkpoint_every, done == cfg.sft.steps
+        save = final or (every > 0 and done % every == 0)
+        _report(learner, metrics, done, save=save, final=final)
+    if writer is not None:
+        writer.close()
+
+
+def _restore(learner: Any) -> int:
+    """Load the latest checkpoint Ray Train hands us; the step to continue from."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    from ray_rlhf.models.checkpoint import load_json
+
+    with checkpoint.as_directory() as directory:
+        learner.load_checkpoint(directory)
+        step = int(load_json(Path(directory) / STATE_FILE)["step"])
+    print(f"[sft] resumed from step {step}", flush=True)
+    return step
+
+
+def run_sft_trainer(
+    cfg: RLHFConfig, *, model_dir: Path, data: dict[str, torch.Tensor], run_dir: Path
+) -> Path:
+    """Train on tokenized `data` and write the final policy to `run_dir/policy`.
+
+    Args:
+        data: input_ids (N, T) long, attention_mask (N, T) bool, response_mask (N, T) bool.
+
+    Returns:
+        The HF policy directory (loadable by transformers and vLLM).
+    """
+    trainer = TorchTrainer(
+        sft_train_loop,
+        train_loop_config={
+            "cfg": cfg,
+            "model_dir": str(model_dir),
+            "data_ref": ray.put(data),
+            "metrics_dir": str(run_dir / "sft"),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.learner.num_workers,
+            use_gpu=cfg.learner.use_gpu,
+            resources_per_worker={"CPU": cfg.learner.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name="sft",
+            storage_path=str((run_dir / "ray_train").resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=cfg.learner.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"SFT finished without a checkpoint (error: {result.error})")
+    out = run_dir / "policy"
+    with result.checkpoint.as_directory() as directory:
+        src = Path(directory) / HF_SUBDIR
+        if not src.is_dir():
+            raise RuntimeError(f"final SFT checkpoint {directory} has no '{HF_SUBDIR}' dir")
+        tmp = run_dir / ".policy.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out

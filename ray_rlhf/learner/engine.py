@@ -1,0 +1,97 @@
+"""DeepSpeed engine helpers shared by the learners (SFT now; PPO and RM later)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ray_rlhf.config import LearnerConfig
+from ray_rlhf.learner.ds_config import deepspeed_config
+
+
+def import_deepspeed() -> Any:
+    """Import DeepSpeed with the CPU accelerator unless a GPU run asked otherwise."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    return deepspeed
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.1):
+    """LR multiplier: linear warmup to 1, then cosine decay to `floor`."""
+
+    warmup_steps = min(warmup_steps, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def init_engine(
+    model: torch.nn.Module,
+    learner: LearnerConfig,
+    *,
+    lr: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup_steps: int,
+    micro_batch_per_worker: int,
+    grad_accum: int = 1,
+) -> Any:
+    """Wrap `model` in a DeepSpeed engine with AdamW and a warmup-cosine schedule.
+
+    Expects torch.distributed to be initialized already (Ray Train does it); DeepSpeed
+    reuses that process group.
+    """
+    deepspeed = import_deepspeed()
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    ds_cfg = deepspeed_config(
+        learner,
+        micro_batch_per_worker=micro_batch_per_worker,
+        grad_accum=grad_accum,
+        world_size=world,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, warmup_steps)
+    )
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_cfg
+    )
+    return engine
+
+
+def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
+    """Full (unpartitioned) weights of the engine's module, on CPU, on every rank.
+
+    Under ZeRO-3 every rank must call this (parameters are gathered collectively).
+    """
+    deepspeed = import_deepspeed()
+    module = engine.module
+    params = list(module.parameters())
+    if engine.zero_optimization_stage() == 3:
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def save_engine_state(engine: Any, directory: str | Path, tag: str = "state") -> None:
+    """DeepSpeed's own checkpoint (module, optimizer, scheduler; every rank its shard)."""
+    engine.save_checkpoint(str(directory), tag=tag, save_latest=False)
+
+
+def load_engine_state(engine: Any, directory: str | Path, tag: str = "state") -> None:
+    """Restore what `save_engine_state` wrote (our own files, written by this project)."""
+    path, _ = engine.load_checkpoint(str(directory), tag=tag)
+    if path is None:
+        raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {directory}")

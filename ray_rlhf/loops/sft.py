@@ -1,0 +1,85 @@
+"""SFT driver: config -> base model + data -> Ray Train (DeepSpeed) -> HF policy dir."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ray_rlhf.config import RLHFConfig
+from ray_rlhf.loops.common import prepare_base_model, toyworld_files
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    """Where the trained policy is, and how long it took."""
+
+    policy_dir: Path
+    base_dir: Path
+    seconds: float
+
+
+def tokenize_sft(
+    prompts: list[str], responses: list[str], tokenizer, max_length: int
+) -> dict[str, torch.Tensor]:
+    """Encode (prompt, response + EOS) pairs into right-padded tensors.
+
+    Returns:
+        input_ids (N, T) long, attention_mask (N, T) bool, response_mask (N, T) bool.
+    """
+    from ray_rlhf.data.tokenize import encode_prompt_response, pad_batch
+
+    examples = [
+        encode_prompt_response(tokenizer, p, r, max_length=max_length)
+        for p, r in zip(prompts, responses, strict=True)
+    ]
+    return pad_batch(examples, tokenizer.pad_token_id)
+
+
+def load_sft_tensors(cfg: RLHFConfig, run_dir: Path, base_dir: Path) -> dict[str, torch.Tensor]:
+    """Validate and tokenize the SFT data (the toy world's split unless `data.sft_path`)."""
+    from ray_rlhf.data.sft import load_sft
+    from ray_rlhf.models.builders import load_tokenizer
+
+    tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
+    source = cfg.data.sft_path or toyworld_files(cfg, run_dir)["sft"]
+    dataset = load_sft(
+        str(source),
+        tokenizer=tokenizer,
+        max_prompt_tokens=cfg.data.max_prompt_tokens,
+        max_response_tokens=cfg.data.max_response_tokens,
+    )
+    max_length = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
+    return tokenize_sft(dataset["prompt"], dataset["response"], tokenizer, max_length)
+
+
+def run(cfg: RLHFConfig, run_dir: Path) -> SFTResult:
+    """Train the policy with SFT as a Ray Train run; Ray must be initialized."""
+    from ray_rlhf.distributed.sft_trainer import run_sft_trainer
+
+    start = time.perf_counter()
+    base_dir = prepare_base_model(cfg, run_dir)
+    data = load_sft_tensors(cfg, run_dir, base_dir)
+    n, width = data["input_ids"].shape
+    print(f"[sft] {n} examples (max {width} tokens), {cfg.sft.steps} steps, "
+          f"{cfg.learner.num_workers} workers, ZeRO-{cfg.learner.zero_stage}", flush=True)
+    policy_dir = run_sft_trainer(cfg, model_dir=base_dir, data=data, run_dir=run_dir)
+    return SFTResult(policy_dir, base_dir, time.perf_counter() - start)
+
+
+def run_job(cfg: RLHFConfig) -> SFTResult:
+    """`ray-rlhf sft` / `jobs/sft.py`: run dir, Ray (embedded or the job's), SFT, marker."""
+    from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
+    from ray_rlhf.loops.common import mark_done, prepare_run_dir
+
+    run_dir = prepare_run_dir(cfg)
+    started = init_ray(cfg.resources)
+    try:
+        result = run(cfg, run_dir)
+    finally:
+        shutdown_ray(started)
+    print(f"[sft] policy written to {result.policy_dir} ({result.seconds:.0f} s)", flush=True)
+    mark_done(run_dir, {"policy_dir": str(result.policy_dir), "seconds": result.seconds})
+    return result

@@ -1,0 +1,120 @@
+"""Config: defaults, YAML + dotted overrides, round trip, and every error path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ray_rlhf.config import (
+    ConfigError,
+    RLHFConfig,
+    dump_config,
+    load_config,
+    parse_override,
+    to_dict,
+)
+
+
+def test_defaults_are_valid_and_frozen():
+    cfg = load_config()
+    assert cfg == RLHFConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.ppo.lr = 1.0  # type: ignore[misc]
+
+
+def test_yaml_then_overrides_in_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ppo:\n  lr: 0.001\n  kl:\n    coef: 0.1\nsft:\n  steps: 10\n")
+    cfg = load_config(path, ["ppo.kl.coef=0.05", "ppo.kl.estimator=k3", "sft.steps=20"])
+    assert cfg.ppo.lr == 0.001
+    assert cfg.ppo.kl.coef == 0.05
+    assert cfg.ppo.kl.estimator == "k3"
+    assert cfg.sft.steps == 20
+
+
+def test_defaults_sit_under_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  name: from_file\n")
+    cfg = load_config(path, [], defaults=["run.name=demo", "run.overwrite=true"])
+    assert cfg.run.name == "from_file"
+    assert cfg.run.overwrite is True
+    assert load_config(None, ["run.name=x"], defaults=["run.name=demo"]).run.name == "x"
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(None, ["ppo.advantage=gae", "data.toyworld.seed=7", "model.path=/m"])
+    dump_config(cfg, tmp_path / "out.yaml")
+    again = load_config(tmp_path / "out.yaml")
+    assert again == cfg
+    assert to_dict(again) == to_dict(cfg)
+
+
+def test_int_is_accepted_for_float_but_not_the_reverse():
+    assert load_config(None, ["ppo.lr=1"]).ppo.lr == 1.0
+    with pytest.raises(ConfigError, match=r"sft\.steps: expected an integer"):
+        load_config(None, ["sft.steps=1.5"])
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("ppo.kl.cof=0.1", r"ppo\.kl\.cof: unknown key \(did you mean 'coef'\?\)"),
+        ("nosuch.x=1", r"nosuch: unknown key"),
+        ("ppo.lr=fast", r"ppo\.lr: expected a number"),
+        ("learner.bf16=3", r"learner\.bf16: expected bool"),
+        ("ppo.kl.estimator=k4", r"ppo\.kl\.estimator: must be one of \['k1', 'k2', 'k3'\]"),
+        ("learner.zero_stage=5", r"learner\.zero_stage: must be one of \[0, 1, 2, 3\]"),
+        ("ppo.kl=3", r"ppo\.kl: expected a mapping"),
+        ("sft.steps=0", r"sft\.steps: must be > 0"),
+        ("rollout.top_p=0", r"rollout\.top_p: must be in \(0, 1\]"),
+        ("ppo.lr=null", r"ppo\.lr: expected a number, got None"),
+        ("reward.kind=model", r"reward\.model_path: required when kind is 'model'"),
+        ("reward.rule=nocolon", r"reward\.rule: must look like"),
+        ("ppo.minibatch_size=50", r"ppo\.minibatch_size: must be a multiple of"),
+    ],
+)
+def test_errors_name_the_key(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, [override])
+
+
+def test_cross_section_checks():
+    with pytest.raises(ConfigError, match=r"sft\.batch_size: must be a positive multiple"):
+        load_config(None, ["sft.batch_size=63", "learner.num_workers=2"])
+    with pytest.raises(ConfigError, match=r"rollout\.n_samples: must be >= 2"):
+        load_config(None, ["rollout.n_samples=1", "ppo.advantage=rloo"])
+    assert load_config(None, ["rollout.n_samples=1", "ppo.advantage=gae"]).rollout.n_samples == 1
+
+
+def test_toyworld_section_errors_are_prefixed():
+    with pytest.raises(ConfigError, match=r"data\.toyworld"):
+        load_config(None, ["data.toyworld.min_len=9", "data.toyworld.max_len=3"])
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(scalar)
+
+
+def test_parse_override():
+    assert parse_override("a.b=0.5") == ("a.b", 0.5)
+    assert parse_override("a=[x, y]") == ("a", ["x", "y"])
+    assert parse_override("a=null") == ("a", None)
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_override("novalue")
+    with pytest.raises(ConfigError, match="'ppo' is not a section"):
+        load_config(None, ["ppo=1", "ppo.lr=2"])
+
+
+def test_tuple_fields_from_lists():
+    cfg = load_config(None, ["data.toyworld.domains=[sort, rev, copy, max, sum, count]"])
+    assert isinstance(cfg.data.toyworld.domains, tuple)
