@@ -25,7 +25,6 @@ _ENV = {
     "OMP_WAIT_POLICY": "PASSIVE",
     "TOKENIZERS_PARALLELISM": "false",
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 for _key, _value in _ENV.items():

@@ -45,6 +45,8 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     """Variance of ``x`` over all positions where ``mask`` is True.
 
+    Reads the number of True positions on the host (one device sync) to validate it.
+
     Args:
         x: Values, any shape, e.g. ``(B, T)``.
         mask: Bool tensor, same shape as ``x``; True where the value counts.
@@ -109,7 +111,8 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy of the categorical distribution given by ``logits`` over the last dim.
 
     Args:
-        logits: Unnormalized log-probabilities, shape ``(..., V)``, e.g. ``(B, T, V)``.
+        logits: Unnormalized log-probabilities, shape ``(..., V)``, e.g. ``(B, T, V)``;
+            finite (a ``-inf`` logit gives ``0 * -inf = NaN``).
 
     Returns:
         Entropy in nats, shape ``(...)``, e.g. ``(B, T)``.

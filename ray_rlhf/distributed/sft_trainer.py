@@ -146,9 +146,10 @@ def run_sft_trainer(
         sft_train_loop,
         train_loop_config={
             "cfg": cfg,
-            "model_dir": str(model_dir),
+            # Absolute: Ray Train workers run in their own working directory.
+            "model_dir": str(Path(model_dir).resolve()),
             "data_ref": ray.put(data),
-            "metrics_dir": str(run_dir / "sft"),
+            "metrics_dir": str((run_dir / "sft").resolve()),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.learner.num_workers,

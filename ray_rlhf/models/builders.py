@@ -9,6 +9,7 @@ transformers too. The reward model's head type is recorded as `config.ray_rlhf_h
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
@@ -26,7 +27,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
 )
 
-from ray_rlhf.models.checkpoint import ModelDirError, read_model_config, validate_model_dir
+from ray_rlhf.models.checkpoint import ModelDirError, load_json, validate_model_dir
 
 RewardHead = Literal["scalar", "per_position"]
 """"scalar": a sequence's score is the value at its last non-pad token.
@@ -39,7 +40,13 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _ModelKind = Literal["causal_lm", "token_classification"]
 
 
-def _model_kind(config: dict[str, Any], model_dir: os.PathLike[str]) -> _ModelKind:
+def _validated(model_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """Validates a model directory; returns its resolved path and its `config.json`."""
+    path = validate_model_dir(model_dir)
+    return path, load_json(path / "config.json")
+
+
+def _model_kind(config: dict[str, Any], model_dir: Path) -> _ModelKind:
     """Classifies a directory by its `config.json` architecture."""
     architectures = config.get("architectures") or []
     arch = architectures[0] if architectures else None
@@ -55,7 +62,7 @@ def _model_kind(config: dict[str, Any], model_dir: os.PathLike[str]) -> _ModelKi
 
 def _check_auto_class(
     config: dict[str, Any],
-    model_dir: os.PathLike[str],
+    model_dir: Path,
     auto_class: type,
     mapping: dict[str, str],
     trust_remote_code: bool,
@@ -89,7 +96,9 @@ def load_tokenizer(
     """
     path = validate_model_dir(model_dir)
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
-        raise ModelDirError(f"model dir {path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+        raise ModelDirError(
+            f"model dir {path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})"
+        )
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
@@ -112,17 +121,17 @@ def load_policy(
     Raises:
         ModelDirError: If the directory is invalid or not a causal LM.
     """
-    config = read_model_config(model_dir)
-    if _model_kind(config, model_dir) != "causal_lm":
+    path, config = _validated(model_dir)
+    if _model_kind(config, path) != "causal_lm":
         raise ModelDirError(
-            f"model dir {model_dir} holds a {config['architectures'][0]}, not a causal LM; "
-            "a policy needs the LM head"
+            f"model dir {path} holds a token-classification (value) model, not a causal "
+            "LM; a policy needs the LM head"
         )
     _check_auto_class(
-        config, model_dir, AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, trust_remote_code
+        config, path, AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, trust_remote_code
     )
     return AutoModelForCausalLM.from_pretrained(
-        validate_model_dir(model_dir),
+        path,
         dtype=dtype,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
@@ -158,26 +167,30 @@ def _load_value_model(
     (seeded); from a saved token-classification model everything is loaded as is.
     Classifier dropout is set to 0 so values are deterministic in train mode.
     """
-    raw = read_model_config(model_dir)
-    kind = _model_kind(raw, model_dir)
+    path, raw = _validated(model_dir)
+    kind = _model_kind(raw, path)
     _check_auto_class(
         raw,
-        model_dir,
+        path,
         AutoModelForTokenClassification,
         MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
         trust_remote_code,
     )
     if kind == "token_classification" and raw.get("num_labels", len(raw.get("id2label", {}))) != 1:
-        raise ModelDirError(f"model dir {model_dir}: a value model needs exactly one label")
-    path = validate_model_dir(model_dir)
+        raise ModelDirError(f"model dir {path}: a value model needs exactly one label")
     config: PretrainedConfig = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     config.num_labels = 1
     config.classifier_dropout = 0.0
     for key, value in config_updates.items():
         setattr(config, key, value)
-    model = AutoModelForTokenClassification.from_pretrained(
-        path, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    with torch.random.fork_rng(devices=[]):  # the missing head's default init uses the RNG
+        model = AutoModelForTokenClassification.from_pretrained(
+            path,
+            config=config,
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
     if kind == "causal_lm":
         _init_value_head(model, seed)
     return model
@@ -237,13 +250,14 @@ def load_reward_model(
     """
     if head not in get_args(RewardHead):
         raise ValueError(f"head must be one of {get_args(RewardHead)}, got {head!r}")
-    recorded = read_model_config(model_dir).get(HEAD_CONFIG_KEY)
+    path, config = _validated(model_dir)
+    recorded = config.get(HEAD_CONFIG_KEY)
     if recorded is not None and recorded != head:
         raise ModelDirError(
-            f"model dir {model_dir} holds a {recorded!r} reward model; asked for head={head!r}"
+            f"model dir {path} holds a {recorded!r} reward model; asked for head={head!r}"
         )
     return _load_value_model(
-        model_dir,
+        path,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
         seed=seed,

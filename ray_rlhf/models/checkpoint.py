@@ -200,22 +200,6 @@ def _check_weights(path: Path) -> None:
     raise ModelDirError(f"model dir {path} has no weight files (*.safetensors)")
 
 
-def read_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Validates a model directory and returns its `config.json` as a dict.
-
-    Args:
-        path: Model directory.
-
-    Returns:
-        The decoded `config.json`.
-
-    Raises:
-        ModelDirError: As `validate_model_dir`.
-    """
-    model_dir = validate_model_dir(path)
-    return _read_config(model_dir)
-
-
 def validate_model_dir(path: str | os.PathLike[str]) -> Path:
     """Checks that `path` is a loadable HF model directory, before any model is built.
 

@@ -44,8 +44,13 @@ class TinyModelSpec:
     """Seed of the random initialization; the same seed gives identical weights."""
 
     def __post_init__(self) -> None:
-        for field in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
-                      "max_position_embeddings"):
+        for field in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"TinyModelSpec.{field} must be a positive int, got {value!r}")

@@ -43,6 +43,7 @@ def create_engine(
 
     Args:
         kv_cache_mib: explicit KV-cache size; vLLM's CPU auto-sizing fails on these hosts.
+            (`VLLM_CPU_KVCACHE_SPACE`, when set, overrides it: leave that variable unset.)
         threads: OpenMP threads for the engine; without an explicit count CPU generation is
             ~10x slower (STACK.md "Threads").
     """
@@ -99,8 +100,11 @@ def _completion(output: Any) -> Completion:
 
 
 def shutdown_engine(llm: Any) -> None:
-    """Stop the engine core so its shared-memory segments are released."""
+    """Stop the engine core and free its distributed state (no /dev/shm leftovers)."""
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None:
         core.shutdown()
+    from vllm.distributed import cleanup_dist_env_and_memory
+
+    cleanup_dist_env_and_memory()
     gc.collect()

@@ -151,7 +151,10 @@ class ToyWorldConfig:
         overlap = sorted(set(self.domains) & set(self.held_out_domains))
         if overlap:
             raise ValueError(f"held_out_domains must be disjoint from domains; both have {overlap}")
-        if self.sft_systematic_domain is not None and self.sft_systematic_domain not in self.domains:
+        if (
+            self.sft_systematic_domain is not None
+            and self.sft_systematic_domain not in self.domains
+        ):
             raise ValueError(
                 f"sft_systematic_domain={self.sft_systematic_domain!r} is not one of "
                 f"domains={self.domains} (use None to disable the systematic error)"

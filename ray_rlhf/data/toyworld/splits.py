@@ -210,7 +210,12 @@ def _prompt_split(
 def _sft_split(cfg: ToyWorldConfig) -> Dataset:
     rng = _split_rng(cfg, "sft")
     tasks = _draw_tasks(
-        rng, cfg, cfg.n_sft, domains=cfg.domains, partition="train", distinct=False,
+        rng,
+        cfg,
+        cfg.n_sft,
+        domains=cfg.domains,
+        partition="train",
+        distinct=False,
         size_field="n_sft",
     )
     columns = {
@@ -227,7 +232,12 @@ def _preference_split(
 ) -> Dataset:
     rng = _split_rng(cfg, name)
     tasks = _draw_tasks(
-        rng, cfg, n, domains=cfg.domains, partition=partition, distinct=False,
+        rng,
+        cfg,
+        n,
+        domains=cfg.domains,
+        partition=partition,
+        distinct=False,
         size_field=f"n_{name}",
     )
     rows = []
@@ -269,7 +279,9 @@ def build_splits(cfg: ToyWorldConfig) -> ToyWorldSplits:
     """
     return ToyWorldSplits(
         sft=_sft_split(cfg),
-        train_prompts=_prompt_split(cfg, "train_prompts", cfg.n_train_prompts, cfg.domains, "train"),
+        train_prompts=_prompt_split(
+            cfg, "train_prompts", cfg.n_train_prompts, cfg.domains, "train"
+        ),
         test_prompts=_prompt_split(cfg, "test_prompts", cfg.n_test_prompts, cfg.domains, "test"),
         heldout_prompts=_prompt_split(
             cfg, "heldout_prompts", cfg.n_heldout_prompts, cfg.held_out_domains, "any"
