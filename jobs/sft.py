@@ -1,7 +1,7 @@
 """Ray job entrypoint for SFT.
 
-    python jobs/sft.py --config jobs/configs/sft_toy.yaml sft.steps=200
-    ray job submit --working-dir . -- python jobs/sft.py --config jobs/configs/sft_toy.yaml
+python jobs/sft.py --config jobs/configs/sft_toy.yaml sft.steps=200
+ray job submit --working-dir . -- python jobs/sft.py --config jobs/configs/sft_toy.yaml
 """
 
 import sys

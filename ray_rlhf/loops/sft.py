@@ -63,8 +63,11 @@ def run(cfg: RLHFConfig, run_dir: Path) -> SFTResult:
     base_dir = prepare_base_model(cfg, run_dir)
     data = load_sft_tensors(cfg, run_dir, base_dir)
     n, width = data["input_ids"].shape
-    print(f"[sft] {n} examples (max {width} tokens), {cfg.sft.steps} steps, "
-          f"{cfg.learner.num_workers} workers, ZeRO-{cfg.learner.zero_stage}", flush=True)
+    print(
+        f"[sft] {n} examples (max {width} tokens), {cfg.sft.steps} steps, "
+        f"{cfg.learner.num_workers} workers, ZeRO-{cfg.learner.zero_stage}",
+        flush=True,
+    )
     policy_dir = run_sft_trainer(cfg, model_dir=base_dir, data=data, run_dir=run_dir)
     return SFTResult(policy_dir, base_dir, time.perf_counter() - start)
 
