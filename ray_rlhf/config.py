@@ -251,6 +251,8 @@ class PPOConfig:
     """Whiten scores over the batch before advantages."""
     eval_every: int = 5
     """Evaluate on held-out prompts every this many iterations."""
+    checkpoint_every: int = 10
+    """Report a resumable checkpoint every this many iterations (and at the end)."""
     kl: KLConfig = field(default_factory=KLConfig)
     """KL penalty."""
 
@@ -258,6 +260,8 @@ class PPOConfig:
         _check(self.iterations > 0, "iterations", "must be > 0")
         _check(self.prompts_per_iteration > 0, "prompts_per_iteration", "must be > 0")
         _check(self.epochs > 0, "epochs", "must be > 0")
+        _check(self.eval_every > 0, "eval_every", "must be > 0")
+        _check(self.checkpoint_every > 0, "checkpoint_every", "must be > 0")
         _check(self.micro_batch_size > 0, "micro_batch_size", "must be > 0")
         _check(
             self.minibatch_size % self.micro_batch_size == 0,
@@ -299,7 +303,9 @@ class ResourcesConfig:
     address: str | None = None
     """Ray address to join; None starts an embedded local cluster (or joins the job's)."""
     num_cpus: int | None = None
-    """CPUs of the embedded cluster; None: all cores."""
+    """Logical CPUs of the embedded cluster. None: the cores, or more if the configured
+    learners + rollout + reward actors request more (they take turns: a synchronous
+    iteration never runs them all at once, and each gets an explicit thread count)."""
 
 
 @dataclass(frozen=True)
@@ -344,10 +350,24 @@ class RLHFConfig:
             f"must be a positive multiple of learner.num_workers ({self.learner.num_workers})",
         )
         _check(
+            self.ppo.minibatch_size % self.learner.num_workers == 0,
+            "ppo.minibatch_size",
+            f"must be a multiple of learner.num_workers ({self.learner.num_workers})",
+        )
+        _check(
             self.ppo.advantage not in ("rloo", "grpo") or self.rollout.n_samples >= 2,
             "rollout.n_samples",
             f"must be >= 2 for ppo.advantage={self.ppo.advantage!r} (group baselines)",
         )
+
+
+def requested_cpus(cfg: RLHFConfig) -> int:
+    """CPUs the learners, rollout actors and reward actors of `cfg` request in total."""
+    return (
+        cfg.learner.num_workers * cfg.learner.cpus_per_worker
+        + cfg.rollout.num_actors * cfg.rollout.cpus_per_actor
+        + cfg.reward.num_actors
+    )
 
 
 # --------------------------------------------------------------------------- loading

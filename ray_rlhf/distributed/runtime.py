@@ -40,8 +40,12 @@ def worker_env_vars() -> dict[str, str]:
     return env
 
 
-def init_ray(resources: ResourcesConfig) -> bool:
+def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
     """Join the configured / job's cluster, or start an embedded one.
+
+    Args:
+        min_cpus: logical CPUs the embedded cluster needs at least (see
+            `ResourcesConfig.num_cpus`); ignored when joining a cluster.
 
     Returns:
         True when this call started Ray (the caller then owns `ray.shutdown()`).
@@ -59,7 +63,7 @@ def init_ray(resources: ResourcesConfig) -> bool:
     else:
         temp_dir = os.environ.get("RAY_RLHF_RAY_TMP")
         ray.init(
-            num_cpus=resources.num_cpus or os.cpu_count(),
+            num_cpus=resources.num_cpus or max(os.cpu_count() or 1, min_cpus),
             include_dashboard=False,
             _temp_dir=temp_dir,
             **kwargs,

@@ -7,7 +7,6 @@ position is the step number (see `global_batch_indices`), so a restart replays n
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +20,13 @@ from ray.train.torch import TorchTrainer
 
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
+from ray_rlhf.distributed.checkpointing import (
+    HF_SUBDIR,
+    STATE_FILE,
+    copy_final_policy,
+    export_hf_policy,
+)
 from ray_rlhf.metrics import MetricsWriter
-
-HF_SUBDIR = "hf"
-STATE_FILE = "sft_state.json"
 
 
 def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -56,17 +58,9 @@ def _report(learner: Any, metrics: dict[str, float], step: int, *, save: bool, f
 
             save_json_atomic(Path(tmp) / STATE_FILE, {"step": step})
             if final:
-                _export_hf(learner, weights, Path(tmp) / HF_SUBDIR)
+                out = Path(tmp) / HF_SUBDIR
+                export_hf_policy(learner.model_dir, weights, out, {"stage": "sft", "step": step})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _export_hf(learner: Any, weights: dict[str, torch.Tensor], out_dir: Path) -> None:
-    from ray_rlhf.models.builders import load_policy, load_tokenizer
-    from ray_rlhf.models.checkpoint import save_hf_model
-
-    model = load_policy(learner.model_dir)
-    model.load_state_dict(weights)
-    save_hf_model(model, load_tokenizer(learner.model_dir), out_dir, metadata={"stage": "sft"})
 
 
 def sft_train_loop(config: dict[str, Any]) -> None:
@@ -163,17 +157,4 @@ def run_sft_trainer(
             failure_config=FailureConfig(max_failures=cfg.learner.max_failures),
         ),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"SFT finished without a checkpoint (error: {result.error})")
-    out = run_dir / "policy"
-    with result.checkpoint.as_directory() as directory:
-        src = Path(directory) / HF_SUBDIR
-        if not src.is_dir():
-            raise RuntimeError(f"final SFT checkpoint {directory} has no '{HF_SUBDIR}' dir")
-        tmp = run_dir / ".policy.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return out
+    return copy_final_policy(trainer.fit(), run_dir / "policy")

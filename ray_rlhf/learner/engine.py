@@ -46,8 +46,11 @@ def init_engine(
     warmup_steps: int,
     micro_batch_per_worker: int,
     grad_accum: int = 1,
+    lr_floor: float = 0.1,
 ) -> Any:
     """Wrap `model` in a DeepSpeed engine with AdamW and a warmup-cosine schedule.
+
+    `lr_floor=1.0` gives a constant learning rate after warmup (what PPO uses).
 
     Expects torch.distributed to be initialized already (Ray Train does it); DeepSpeed
     reuses that process group.
@@ -63,7 +66,7 @@ def init_engine(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, warmup_steps)
+        optimizer, warmup_cosine(total_steps, warmup_steps, floor=lr_floor)
     )
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_cfg

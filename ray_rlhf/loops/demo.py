@@ -1,8 +1,9 @@
 """`ray-rlhf demo`: the toy world end to end on this machine.
 
-Today: SFT of the tiny policy on the toy world's (deliberately noisy) SFT split as a Ray
-Train + DeepSpeed run, then held-out evaluation of the untrained and the SFT policy with
-vLLM. Later stages (PPO, reward models) join here as they land.
+SFT of the tiny policy on the toy world's (deliberately noisy) SFT split, then PPO with the
+toy world's ground-truth rule reward (vLLM rollout actors, reward actors, DeepSpeed learners
+under Ray Train), then held-out evaluation of the initial, SFT and PPO policies with vLLM.
+Writes `report.md`, `curves.png`, `eval.json` into the run dir.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import json
 import time
 from pathlib import Path
 
-from ray_rlhf.config import RLHFConfig
+from ray_rlhf.config import RLHFConfig, requested_cpus
 from ray_rlhf.loops.common import mark_done, prepare_run_dir, toyworld_files
 
 _SHOWN = ("true_reward", "exact_match", "style_rate")
+_CURVES = ["rollout/true_reward", "eval/sampled/true_reward", "train/kl", "timing/iteration"]
 
 
 def _test_prompts(cfg: RLHFConfig, run_dir: Path) -> list[str]:
@@ -35,32 +37,61 @@ def format_report(evals: dict[str, dict[str, float]], seconds: dict[str, float])
     return "\n".join(["# ray_rlhf demo", "", *lines, "", f"Wall time: {timing}.", ""])
 
 
+def _phase_split(run_dir: Path) -> str:
+    from ray_rlhf.metrics import read_metrics
+
+    rows = read_metrics(run_dir / "ppo")
+    keys = ["timing/generate", "timing/score", "timing/train", "timing/sync", "timing/iteration"]
+    if not rows:
+        return ""
+    med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in keys if k in rows[0]}
+    cells = " | ".join(f"{v:.2f}" for v in med.values())
+    return (
+        "\nMedian seconds per PPO iteration:\n\n| "
+        + " | ".join(med)
+        + " |\n"
+        + "|---" * len(med)
+        + "|\n| "
+        + cells
+        + " |\n"
+    )
+
+
 def run(cfg: RLHFConfig) -> dict[str, dict[str, float]]:
-    """Run the demo; returns the evaluation metrics per policy ("initial", "sft")."""
+    """Run the demo; returns the evaluation metrics per policy."""
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
-    from ray_rlhf.loops import sft
+    from ray_rlhf.loops import ppo, sft
     from ray_rlhf.loops.evaluate import evaluate_policy
+    from ray_rlhf.metrics import read_metrics
+    from ray_rlhf.report import plot_curves
 
     start = time.perf_counter()
     run_dir = prepare_run_dir(cfg)
     prompts = _test_prompts(cfg, run_dir)
-    started = init_ray(cfg.resources)
+    started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:
-        result = sft.run(cfg, run_dir)
+        sft_result = sft.run(cfg, run_dir)
+        ppo_result = ppo.run(cfg, run_dir, sft_result.policy_dir)
     finally:
         shutdown_ray(started)
     t_eval = time.perf_counter()
+    policies = {
+        "initial": sft_result.base_dir,
+        "sft": sft_result.policy_dir,
+        "ppo": ppo_result.policy_dir,
+    }
     evals = {
-        "initial": evaluate_policy(result.base_dir, prompts, cfg, seed=cfg.run.seed),
-        "sft": evaluate_policy(result.policy_dir, prompts, cfg, seed=cfg.run.seed),
+        name: evaluate_policy(d, prompts, cfg, seed=cfg.run.seed) for name, d in policies.items()
     }
     seconds = {
-        "sft": result.seconds,
+        "sft": sft_result.seconds,
+        "ppo": ppo_result.seconds,
         "eval": time.perf_counter() - t_eval,
         "total": time.perf_counter() - start,
     }
-    report = format_report(evals, seconds)
-    (run_dir / "report.md").write_text(report)
+    plot_curves(read_metrics(run_dir / "ppo"), _CURVES, run_dir / "curves.png", title="PPO")
+    report = format_report(evals, seconds) + _phase_split(run_dir)
+    (run_dir / "report.md").write_text(report + "\n![PPO curves](curves.png)\n")
     (run_dir / "eval.json").write_text(json.dumps(evals, indent=2))
     print(report, flush=True)
     mark_done(run_dir, {"eval": evals, "seconds": seconds})

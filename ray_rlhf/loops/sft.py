@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ray_rlhf.config import RLHFConfig
+from ray_rlhf.config import RLHFConfig, requested_cpus
 from ray_rlhf.loops.common import prepare_base_model, toyworld_files
 
 
@@ -78,7 +78,7 @@ def run_job(cfg: RLHFConfig) -> SFTResult:
     from ray_rlhf.loops.common import mark_done, prepare_run_dir
 
     run_dir = prepare_run_dir(cfg)
-    started = init_ray(cfg.resources)
+    started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:
         result = run(cfg, run_dir)
     finally:

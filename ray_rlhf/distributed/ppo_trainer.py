@@ -1,0 +1,259 @@
+"""PPO as a Ray Train run: generate -> score -> learn -> sync, one iteration per report.
+
+Rank 0 drives the rollout and reward pools (plain Ray actors created by the job driver, so
+they outlive learner restarts), hands every rank its share of prompt groups, and pushes the
+new weights to the rollout pool. Every rank runs a `PPOLearner` (DeepSpeed). The data
+position is the iteration number (`global_batch_indices`), so a restart from the checkpoint
+of iteration k replays exactly iteration k + 1.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ray_rlhf.config import RLHFConfig
+from ray_rlhf.data.sampler import global_batch_indices
+from ray_rlhf.distributed.checkpointing import (
+    HF_SUBDIR,
+    STATE_FILE,
+    copy_final_policy,
+    export_hf_policy,
+)
+from ray_rlhf.metrics import MetricsWriter
+from ray_rlhf.types import ScoredBatch, group_range, select_groups
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompt ids and texts (train or eval)."""
+
+    ids: list[str]
+    texts: list[str]
+    toyworld: bool
+    """True when the toy world's ground truth can score these prompts."""
+
+
+def _broadcast(obj: Any) -> Any:
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return dict(zip(keys, (t / torch.distributed.get_world_size()).tolist(), strict=True))
+
+
+def _rollout_phase(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int):
+    """Rank 0: sample this iteration's prompts, generate, score. Returns batch + metrics."""
+    rollout, ppo = cfg.rollout, cfg.ppo
+    idx = global_batch_indices(len(prompts.ids), ppo.prompts_per_iteration, it, cfg.run.seed)
+    t0 = time.perf_counter()
+    batch = pools["rollout"].generate(
+        [prompts.ids[i] for i in idx],
+        [prompts.texts[i] for i in idx],
+        n_samples=rollout.n_samples,
+        max_tokens=cfg.data.max_response_tokens,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        seed=cfg.run.seed * 100003 + it,
+    )
+    t1 = time.perf_counter()
+    scored: ScoredBatch = pools["reward"].score(batch)
+    t2 = time.perf_counter()
+    tokens = float(batch.response_mask.sum())
+    metrics = {
+        "timing/generate": t1 - t0,
+        "timing/score": t2 - t1,
+        "perf/generate_tokens_per_s": tokens / max(t1 - t0, 1e-9),
+        "reward/mean": float(scored.scores.mean()),
+        "reward/std": float(scored.scores.std()),
+        "rollout/response_length": tokens / batch.num_samples,
+        "rollout/finished_rate": float(batch.finished.float().mean()),
+        "rollout/tokens": tokens,
+    }
+    if prompts.toyworld:
+        metrics |= _toy_metrics("rollout", batch.prompts, batch.responses, batch.n_samples)
+    return scored, metrics
+
+
+def _toy_metrics(prefix: str, prompts: list[str], responses: list[str], n: int) -> dict:
+    from ray_rlhf.data.toyworld import evaluate_responses
+
+    per_row = [p for p in prompts for _ in range(n)]
+    scores = evaluate_responses(per_row, responses)
+    return {f"{prefix}/{k}": v for k, v in scores.items() if "/" not in k}
+
+
+def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet) -> dict[str, float]:
+    """Rank 0: held-out reward (and toy-world truth) of the current rollout weights."""
+    out: dict[str, float] = {}
+    for mode, n, temp in (("greedy", 1, 0.0), ("sampled", cfg.rollout.n_samples, 1.0)):
+        batch = pools["rollout"].generate(
+            prompts.ids,
+            prompts.texts,
+            n_samples=n,
+            max_tokens=cfg.data.max_response_tokens,
+            temperature=temp,
+            top_p=1.0,
+            seed=cfg.run.seed,
+        )
+        out[f"eval/{mode}/reward"] = float(pools["reward"].score(batch).scores.mean())
+        if prompts.toyworld:
+            out |= _toy_metrics(f"eval/{mode}", batch.prompts, batch.responses, n)
+    return out
+
+
+def _learn_phase(learner: Any, scored: ScoredBatch, it: int) -> dict[str, float]:
+    """Every rank: experience + PPO epochs on its share of prompt groups."""
+    rank = ray.train.get_context().get_world_rank()
+    world = ray.train.get_context().get_world_size()
+    num_groups = len(scored.rollout.prompt_ids)
+    shard = select_groups(scored, *group_range(num_groups, rank, world))
+    t0 = time.perf_counter()
+    exp, stats = learner.make_experience(shard)
+    stats |= learner.train(exp, seed=learner.cfg.run.seed * 7919 + it)
+    stats["timing/train"] = time.perf_counter() - t0
+    stats = _mean_over_ranks(stats)
+    learner.update_kl(stats["train/kl"], scored.rollout.num_samples)
+    return stats
+
+
+def _save(learner: Any, it: int, metrics: dict, *, final: bool) -> None:
+    rank = ray.train.get_context().get_world_rank()
+    weights = learner.policy_state_dict() if final else None  # collective under ZeRO-3
+    with tempfile.TemporaryDirectory() as tmp:
+        learner.save_checkpoint(tmp)
+        if rank == 0:
+            from ray_rlhf.models.checkpoint import save_json_atomic
+
+            state = {"iteration": it, "kl_coef": learner.kl_state()}
+            save_json_atomic(Path(tmp) / STATE_FILE, state)
+            if final:
+                meta = {"stage": "ppo", "iteration": it}
+                export_hf_policy(learner.model_dir, weights, Path(tmp) / HF_SUBDIR, meta)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _restore(learner: Any) -> int:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    from ray_rlhf.models.checkpoint import load_json
+
+    with checkpoint.as_directory() as directory:
+        learner.load_checkpoint(directory)
+        state = load_json(Path(directory) / STATE_FILE)
+    learner.set_kl_state(float(state["kl_coef"]))
+    print(f"[ppo] resumed after iteration {state['iteration']}", flush=True)
+    return int(state["iteration"])
+
+
+def _sync(learner: Any, pools: dict, version: int, rank: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    state = learner.policy_state_dict()  # every rank: collective under ZeRO-3
+    if rank != 0:
+        return {}
+    metrics = pools["rollout"].update_weights(state, version)
+    return {**metrics, "timing/sync": time.perf_counter() - t0}
+
+
+def ppo_train_loop(config: dict[str, Any]) -> None:
+    """Body of each Ray Train worker."""
+    from ray_rlhf.learner.ppo import PPOLearner
+
+    cfg: RLHFConfig = config["cfg"]
+    pools, prompts, eval_prompts = config["pools"], config["prompts"], config["eval_prompts"]
+    torch.set_num_threads(cfg.learner.cpus_per_worker)
+    torch.manual_seed(cfg.run.seed)
+    rank = ray.train.get_context().get_world_rank()
+    learner = PPOLearner(config["model_dir"], cfg)
+    start = _restore(learner)
+    if start > 0:
+        _sync(learner, pools, start, rank)  # rollout actors serve the restored weights
+    writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
+    for it in range(start, cfg.ppo.iterations):
+        t0 = time.perf_counter()
+        scored, metrics = _rollout_phase(cfg, pools, prompts, it) if rank == 0 else (None, {})
+        scored = _broadcast(scored)
+        metrics |= _learn_phase(learner, scored, it)
+        metrics |= _sync(learner, pools, it + 1, rank)
+        done = it + 1
+        if rank == 0:
+            total = time.perf_counter() - t0
+            metrics |= {
+                "timing/iteration": total,
+                "perf/samples_per_s": scored.rollout.num_samples / total,
+                "perf/tokens_per_s": metrics["rollout/tokens"] / total,
+                "train/iteration": done,
+            }
+            if done % cfg.ppo.eval_every == 0 or done == cfg.ppo.iterations:
+                metrics |= _evaluate(cfg, pools, eval_prompts)
+            writer.log(done, metrics)
+            _print_progress(done, cfg.ppo.iterations, metrics)
+        final = done == cfg.ppo.iterations
+        if final or done % cfg.ppo.checkpoint_every == 0:
+            _save(learner, done, metrics, final=final)
+        else:
+            ray.train.report(metrics)
+    if writer is not None:
+        writer.close()
+
+
+def _print_progress(done: int, total: int, m: dict[str, float]) -> None:
+    truth = f"  true {m['rollout/true_reward']:.3f}" if "rollout/true_reward" in m else ""
+    evals = f"  eval {m['eval/sampled/reward']:.3f}" if "eval/sampled/reward" in m else ""
+    print(
+        f"[ppo] iter {done}/{total}  reward {m['reward/mean']:.3f}{truth}{evals}  "
+        f"kl {m['train/kl']:.3f}  {m['timing/iteration']:.1f} s "
+        f"(gen {m['timing/generate']:.1f} score {m['timing/score']:.1f} "
+        f"train {m['timing/train']:.1f} sync {m['timing/sync']:.2f})",
+        flush=True,
+    )
+
+
+def run_ppo_trainer(
+    cfg: RLHFConfig,
+    *,
+    model_dir: Path,
+    pools: dict[str, Any],
+    prompts: PromptSet,
+    eval_prompts: PromptSet,
+    run_dir: Path,
+) -> Path:
+    """Run PPO from `model_dir`; returns the final policy dir (`run_dir/ppo_policy`)."""
+    trainer = TorchTrainer(
+        ppo_train_loop,
+        train_loop_config={
+            "cfg": cfg,
+            "model_dir": str(Path(model_dir).resolve()),
+            "pools": pools,
+            "prompts": prompts,
+            "eval_prompts": eval_prompts,
+            "metrics_dir": str((run_dir / "ppo").resolve()),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.learner.num_workers,
+            use_gpu=cfg.learner.use_gpu,
+            resources_per_worker={"CPU": cfg.learner.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name="ppo",
+            storage_path=str((run_dir / "ray_train").resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=cfg.learner.max_failures),
+        ),
+    )
+    return copy_final_policy(trainer.fit(), run_dir / "ppo_policy")

@@ -1,0 +1,94 @@
+"""PPO driver: prompts + pools + Ray Train learners -> PPO policy dir and metrics.
+
+policy (SFT) ──► RolloutPool (vLLM) ──► RewardPool ──► PPO learners (Ray Train, DeepSpeed)
+     ▲                                                        │
+     └──────────────── weight sync after every iteration ◄────┘
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray_rlhf.config import RLHFConfig
+from ray_rlhf.loops.common import toyworld_files
+
+
+@dataclass(frozen=True)
+class PPOResult:
+    """Where the PPO policy and metrics are, and how long it took."""
+
+    policy_dir: Path
+    metrics_dir: Path
+    seconds: float
+
+
+def load_prompt_sets(cfg: RLHFConfig, run_dir: Path, tokenizer):
+    """Train and eval prompts (the toy world's unless `data.prompts_path` / `eval_...`)."""
+    from ray_rlhf.data.prompts import load_prompts
+    from ray_rlhf.distributed.ppo_trainer import PromptSet
+
+    toy = toyworld_files(cfg, run_dir) if not cfg.data.prompts_path else {}
+    sets = []
+    for path, toy_key in (
+        (cfg.data.prompts_path, "train_prompts"),
+        (cfg.data.eval_prompts_path, "test_prompts"),
+    ):
+        source = path or toy.get(toy_key)
+        if source is None:
+            raise ValueError(f"data.eval_prompts_path is required with data.prompts_path={path}")
+        ds = load_prompts(
+            str(source), tokenizer=tokenizer, max_prompt_tokens=cfg.data.max_prompt_tokens
+        )
+        sets.append(PromptSet(list(ds["id"]), list(ds["prompt"]), toyworld=path is None))
+    return sets[0], sets[1]
+
+
+def start_pools(cfg: RLHFConfig, policy_dir: Path) -> dict:
+    """Rollout and reward pools (plain Ray actors owned by this driver)."""
+    from ray_rlhf.distributed.reward_pool import RewardPool
+    from ray_rlhf.distributed.rollout_pool import RolloutPool
+
+    max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
+    rollout = RolloutPool(
+        str(policy_dir),
+        cfg.rollout,
+        max_model_len=max_len,
+        dtype=cfg.model.dtype,
+        seed=cfg.run.seed,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    reward = RewardPool(cfg.reward, trust_remote_code=cfg.model.trust_remote_code)
+    return {"rollout": rollout, "reward": reward}
+
+
+def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> PPOResult:
+    """PPO from `policy_dir` (usually the SFT policy); Ray must be initialized."""
+    from ray_rlhf.distributed.ppo_trainer import run_ppo_trainer
+    from ray_rlhf.models.builders import load_tokenizer
+
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=cfg.model.trust_remote_code)
+    prompts, eval_prompts = load_prompt_sets(cfg, run_dir, tokenizer)
+    print(
+        f"[ppo] {len(prompts.ids)} prompts, {cfg.ppo.iterations} iterations of "
+        f"{cfg.ppo.prompts_per_iteration} x {cfg.rollout.n_samples} samples, "
+        f"advantage={cfg.ppo.advantage}, {cfg.rollout.num_actors} rollout / "
+        f"{cfg.reward.num_actors} reward actors, {cfg.learner.num_workers} learners",
+        flush=True,
+    )
+    pools = start_pools(cfg, policy_dir)
+    try:
+        out = run_ppo_trainer(
+            cfg,
+            model_dir=policy_dir,
+            pools=pools,
+            prompts=prompts,
+            eval_prompts=eval_prompts,
+            run_dir=run_dir,
+        )
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    return PPOResult(out, run_dir / "ppo", time.perf_counter() - start)

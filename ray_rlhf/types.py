@@ -1,0 +1,110 @@
+"""Batches passed between roles. Tensors are on CPU; N = prompts x samples, T = tokens.
+
+Layout shared by every batch: row i is prompt `i // n_samples`'s sample `i % n_samples`
+(groups of `n_samples` consecutive rows share a prompt, as the group baselines expect).
+Each row is prompt tokens then response tokens, right-padded to T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """What rollout workers return.
+
+    Attributes:
+        prompt_ids: (P,) dataset ids of the prompts, in order.
+        prompts: (P,) prompt texts.
+        responses: (N,) decoded response texts (special tokens skipped).
+        input_ids: (N, T) long, prompt + response token ids, right padded.
+        attention_mask: (N, T) bool, True on real tokens.
+        response_mask: (N, T) bool, True on response tokens (EOS included).
+        sample_logprobs: (N, T) float32, the sampler's logprob of each response token
+            (0 where response_mask is False).
+        finished: (N,) bool, True when the response ended with EOS.
+        n_samples: samples per prompt.
+        policy_version: weights version the samples came from.
+    """
+
+    prompt_ids: list[str]
+    prompts: list[str]
+    responses: list[str]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    sample_logprobs: torch.Tensor
+    finished: torch.Tensor
+    n_samples: int
+    policy_version: int = 0
+
+    @property
+    def num_samples(self) -> int:
+        """N, the number of rows."""
+        return self.input_ids.shape[0]
+
+    def prompt_of_row(self, row: int) -> str:
+        """Prompt text of row `row`."""
+        return self.prompts[row // self.n_samples]
+
+    def response_lengths(self) -> torch.Tensor:
+        """(N,) response tokens per row."""
+        return self.response_mask.sum(dim=1)
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A rollout batch with rewards, as reward scorers return it.
+
+    Attributes:
+        rollout: the scored samples.
+        scores: (N,) sequence-level reward (after clipping; before any KL penalty).
+        token_rewards: (N, T) float32 reward placed on response tokens (last response token
+            for a sequence reward; segment / token-level rewards spread it out). Sums over T
+            equal `scores` for the default placement.
+        diagnostics: per-row extras keyed by namespaced name (e.g. `reward/raw`), each (N,).
+    """
+
+    rollout: RolloutBatch
+    scores: torch.Tensor
+    token_rewards: torch.Tensor
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def with_rollout(self, rollout: RolloutBatch) -> ScoredBatch:
+        """Same rewards on another rollout object (e.g. after moving tensors)."""
+        return replace(self, rollout=rollout)
+
+
+def select_groups(scored: ScoredBatch, first: int, last: int) -> ScoredBatch:
+    """Prompt groups `first..last-1` of a scored batch (all their samples), same layout."""
+    b = scored.rollout
+    lo, hi = first * b.n_samples, last * b.n_samples
+    rollout = RolloutBatch(
+        prompt_ids=b.prompt_ids[first:last],
+        prompts=b.prompts[first:last],
+        responses=b.responses[lo:hi],
+        input_ids=b.input_ids[lo:hi],
+        attention_mask=b.attention_mask[lo:hi],
+        response_mask=b.response_mask[lo:hi],
+        sample_logprobs=b.sample_logprobs[lo:hi],
+        finished=b.finished[lo:hi],
+        n_samples=b.n_samples,
+        policy_version=b.policy_version,
+    )
+    return ScoredBatch(
+        rollout=rollout,
+        scores=scored.scores[lo:hi],
+        token_rewards=scored.token_rewards[lo:hi],
+        diagnostics={k: v[lo:hi] for k, v in scored.diagnostics.items()},
+    )
+
+
+def group_range(num_groups: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous share of `num_groups` prompt groups for `rank` of `world` (sizes differ by
+    at most one)."""
+    base, extra = divmod(num_groups, world)
+    first = rank * base + min(rank, extra)
+    return first, first + base + (1 if rank < extra else 0)
