@@ -78,24 +78,28 @@ class ScoredBatch:
         return replace(self, rollout=rollout)
 
 
-def select_groups(scored: ScoredBatch, first: int, last: int) -> ScoredBatch:
-    """Prompt groups `first..last-1` of a scored batch (all their samples), same layout."""
-    b = scored.rollout
-    lo, hi = first * b.n_samples, last * b.n_samples
-    rollout = RolloutBatch(
-        prompt_ids=b.prompt_ids[first:last],
-        prompts=b.prompts[first:last],
-        responses=b.responses[lo:hi],
-        input_ids=b.input_ids[lo:hi],
-        attention_mask=b.attention_mask[lo:hi],
-        response_mask=b.response_mask[lo:hi],
-        sample_logprobs=b.sample_logprobs[lo:hi],
-        finished=b.finished[lo:hi],
-        n_samples=b.n_samples,
-        policy_version=b.policy_version,
+def select_rollout_groups(batch: RolloutBatch, first: int, last: int) -> RolloutBatch:
+    """Prompt groups `first..last-1` of a rollout batch (all their samples), same layout."""
+    lo, hi = first * batch.n_samples, last * batch.n_samples
+    return replace(
+        batch,
+        prompt_ids=batch.prompt_ids[first:last],
+        prompts=batch.prompts[first:last],
+        responses=batch.responses[lo:hi],
+        input_ids=batch.input_ids[lo:hi],
+        attention_mask=batch.attention_mask[lo:hi],
+        response_mask=batch.response_mask[lo:hi],
+        sample_logprobs=batch.sample_logprobs[lo:hi],
+        finished=batch.finished[lo:hi],
     )
+
+
+def select_groups(scored: ScoredBatch, first: int, last: int) -> ScoredBatch:
+    """Prompt groups `first..last-1` of a scored batch (all their samples and rewards)."""
+    n = scored.rollout.n_samples
+    lo, hi = first * n, last * n
     return ScoredBatch(
-        rollout=rollout,
+        rollout=select_rollout_groups(scored.rollout, first, last),
         scores=scored.scores[lo:hi],
         token_rewards=scored.token_rewards[lo:hi],
         diagnostics={k: v[lo:hi] for k, v in scored.diagnostics.items()},

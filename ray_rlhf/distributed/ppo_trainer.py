@@ -83,6 +83,7 @@ def _rollout_phase(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int):
         "rollout/response_length": tokens / batch.num_samples,
         "rollout/finished_rate": float(batch.finished.float().mean()),
         "rollout/tokens": tokens,
+        "data/first_prompt_index": float(idx[0]),
     }
     if prompts.toyworld:
         metrics |= _toy_metrics("rollout", batch.prompts, batch.responses, batch.n_samples)
@@ -161,13 +162,21 @@ def _restore(learner: Any) -> int:
     return int(state["iteration"])
 
 
+def _param_norm(state: dict[str, torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in state.values())))
+
+
 def _sync(learner: Any, pools: dict, version: int, rank: int) -> dict[str, float]:
     t0 = time.perf_counter()
     state = learner.policy_state_dict()  # every rank: collective under ZeRO-3
     if rank != 0:
         return {}
     metrics = pools["rollout"].update_weights(state, version)
-    return {**metrics, "timing/sync": time.perf_counter() - t0}
+    return {
+        **metrics,
+        "timing/sync": time.perf_counter() - t0,
+        "train/param_norm": _param_norm(state),
+    }
 
 
 def ppo_train_loop(config: dict[str, Any]) -> None:
@@ -186,7 +195,9 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
     for it in range(start, cfg.ppo.iterations):
         t0 = time.perf_counter()
+        norm_start = _param_norm(learner.policy_state_dict())  # resume check; tiny cost
         scored, metrics = _rollout_phase(cfg, pools, prompts, it) if rank == 0 else (None, {})
+        metrics["train/param_norm_start"] = norm_start
         scored = _broadcast(scored)
         metrics |= _learn_phase(learner, scored, it)
         metrics |= _sync(learner, pools, it + 1, rank)

@@ -59,7 +59,9 @@ def start_pools(cfg: RLHFConfig, policy_dir: Path) -> dict:
         seed=cfg.run.seed,
         trust_remote_code=cfg.model.trust_remote_code,
     )
-    reward = RewardPool(cfg.reward, trust_remote_code=cfg.model.trust_remote_code)
+    reward = RewardPool(
+        cfg.reward, trust_remote_code=cfg.model.trust_remote_code, policy_dir=str(policy_dir)
+    )
     return {"rollout": rollout, "reward": reward}
 
 

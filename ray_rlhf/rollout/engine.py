@@ -7,10 +7,18 @@ vLLM is imported lazily so that importing this module stays cheap. See STACK.md
 from __future__ import annotations
 
 import gc
+import json
 import os
+import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+
+WEIGHT_RELOAD_EXTENSION = "ray_rlhf.rollout.engine.WeightReloadExtension"
+"""Qualified name of the worker extension every engine gets (see `reload_weights`)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ def create_engine(
         max_model_len=max_model_len,
         kv_cache_memory_bytes=kv_cache_mib * 2**20,
         trust_remote_code=trust_remote_code,
+        worker_extension_cls=WEIGHT_RELOAD_EXTENSION,
     )
 
 
@@ -74,9 +83,13 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     max_tokens: int = 16,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
 ) -> list[list[Completion]]:
     """Sample `n` completions for each prompt (given as token ids).
+
+    Args:
+        seed: one seed for every prompt, one seed per prompt, or None (unseeded). vLLM
+            seeds sample j of a prompt with `seed + j`.
 
     Returns:
         One list of `n` completions per prompt, in prompt order.
@@ -84,9 +97,15 @@ def generate(
     import vllm
     from vllm.inputs import TokensPrompt
 
-    params = vllm.SamplingParams(
-        n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0, seed=seed
-    )
+    seeds = [seed] * len(prompt_token_ids) if seed is None or isinstance(seed, int) else seed
+    if len(seeds) != len(prompt_token_ids):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompt_token_ids)} prompts")
+    params = [
+        vllm.SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0, seed=s
+        )
+        for s in seeds
+    ]
     prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
     outputs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
     return [[_completion(c) for c in out.outputs] for out in outputs]
@@ -108,3 +127,65 @@ def shutdown_engine(llm: Any) -> None:
 
     cleanup_dist_env_and_memory()
     gc.collect()
+
+
+# --------------------------------------------------------------------------- weight updates
+
+
+def pack_tensors(state: Mapping[str, torch.Tensor]) -> bytes:
+    """Serialize tensors as one safetensors blob (no pickle); `unpack_tensors` restores order.
+
+    Tensors sharing storage (tied embeddings, views into one flat buffer) are copied, since
+    safetensors refuses aliases.
+    """
+    from safetensors.torch import save
+
+    seen: set[int] = set()
+    flat: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        t = tensor.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        flat[name] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return save(flat, metadata={"order": json.dumps(list(flat))})
+
+
+def unpack_tensors(blob: bytes) -> dict[str, torch.Tensor]:
+    """Tensors of a `pack_tensors` blob, in the order they were packed."""
+    from safetensors.torch import load
+
+    tensors = load(blob)
+    (header_len,) = struct.unpack("<Q", blob[:8])
+    order = json.loads(json.loads(blob[8 : 8 + header_len])["__metadata__"]["order"])
+    return {name: tensors[name] for name in order}
+
+
+class WeightReloadExtension:
+    """Mixed into vLLM's worker class (`worker_extension_cls`) in every engine process.
+
+    A multiprocess engine cannot receive tensors through `collective_rpc` (msgpack turns them
+    into lists), so weights travel as safetensors bytes and are unpacked here.
+    """
+
+    def reload_weights_from_blobs(self, blobs: list[bytes]) -> None:
+        """Reload full HF-named weights from `pack_tensors` blobs (in the engine process)."""
+        state: dict[str, torch.Tensor] = {}
+        for blob in blobs:
+            state.update(unpack_tensors(blob))
+        self.reload_weights(weights_iterator=iter(state.items()))  # vLLM Worker method
+
+
+def reload_weights(llm: Any, state: Mapping[str, torch.Tensor]) -> None:
+    """Replace the engine's weights in place with full HF-named `state`; drop cached prefixes.
+
+    Uses vLLM's `reload_weights` (which handles the CPU path's prepacked weights; a plain
+    `model.load_weights` does not). In-process engines get the tensors directly;
+    multiprocess engines get a safetensors blob through `WeightReloadExtension`.
+    """
+    from vllm.v1.engine.core_client import InprocClient
+
+    if isinstance(llm.llm_engine.engine_core, InprocClient):
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items())})
+    else:
+        llm.collective_rpc("reload_weights_from_blobs", args=([pack_tensors(state)],))
+    llm.reset_prefix_cache()

@@ -1,0 +1,330 @@
+"""The rollout pool: `RolloutWorker`s in Ray actors, load-balanced, resizable, kept in sync.
+
+`RolloutActor` is the actor body (a RolloutWorker plus the receiving ends of both weight
+transports); `RolloutPool` owns the actors from the process that drives them.
+
+Failure handling (DESIGN.md "Failure behaviour"): actors are created with
+`max_restarts=cfg.max_restarts`. When a generate share fails with `RayActorError`, the pool
+waits for the restarted actor, re-sends the current weights (through the object store,
+whatever the transport) and re-issues that share only; shares that succeeded are kept, so
+nothing is counted twice. A share that comes back from an older weights version (a restart
+that happened between calls) is treated the same way. New actors from `resize` get the
+current weights the same way before they serve.
+
+A pool object is picklable (it can be handed to a Ray Train worker); a copy shares the
+actors but keeps its own membership list, version and current weights. Drive the pool
+(generate / update_weights / resize) from one copy; `shutdown` works from any.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import ray
+import torch
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from ray_rlhf.config import RolloutConfig
+from ray_rlhf.distributed.runtime import worker_env_vars
+from ray_rlhf.distributed.weight_sync import (
+    BroadcastReceiver,
+    BroadcastTransport,
+    Bucket,
+    GroupSpec,
+    ObjectStoreTransport,
+    SyncStats,
+    WeightsHandle,
+)
+from ray_rlhf.rollout.worker import RolloutWorker, concat_rollout_batches
+from ray_rlhf.types import RolloutBatch, group_range
+
+Transport = Literal["object_store", "broadcast"]
+
+ROLLOUT_RESOURCE = "rollout"
+ROLLOUT_RESOURCE_PER_ACTOR = 0.01
+"""Amount of the `rollout` custom resource per actor: it marks the node type (so the
+autoscaler adds rollout nodes); CPUs / GPUs limit how many actors fit on a node."""
+
+_RESTART_WAIT_S = 300.0
+
+
+class RolloutActor:
+    """Actor body: a `RolloutWorker` and the receiving ends of both weight transports."""
+
+    def __init__(self, model_dir: str, cfg: RolloutConfig, **worker_kwargs: Any) -> None:
+        self.worker = RolloutWorker(model_dir, cfg, **worker_kwargs)
+        self.receiver = BroadcastReceiver()
+
+    def generate(self, prompt_ids: list[str], prompts: list[str], **kwargs: Any) -> RolloutBatch:
+        """`RolloutWorker.generate`."""
+        return self.worker.generate(prompt_ids, prompts, **kwargs)
+
+    def weights_version(self) -> int:
+        """Version of the weights served."""
+        return self.worker.version
+
+    def pad_token_id(self) -> int:
+        """Pad id of the rows this actor returns."""
+        return self.worker.pad_token_id
+
+    def load_weights_handle(self, handle: WeightsHandle) -> None:
+        """Fetch weights published by `ObjectStoreTransport` and serve them."""
+        self.worker.load_weights(ObjectStoreTransport.fetch(handle), handle.version)
+
+    def join_broadcast_group(self, spec: GroupSpec, rank: int) -> None:
+        """Join a (new) broadcast group as `rank`."""
+        self.receiver.join(spec, rank)
+
+    def broadcast_group_id(self) -> str | None:
+        """Id of the broadcast group joined (None after a restart)."""
+        return self.receiver.group_id
+
+    def receive_broadcast(self, buckets: list[Bucket], version: int) -> None:
+        """Take part in one broadcast sync and serve the received weights."""
+        self.worker.load_weights(self.receiver.receive(buckets), version)
+
+    def shutdown(self) -> None:
+        """Leave the group and stop the engine (before the actor is killed)."""
+        self.receiver.close()
+        self.worker.shutdown()
+
+
+class RolloutPool:
+    """`cfg.num_actors` rollout actors behind one generate / update_weights interface.
+
+    Args:
+        model_dir: policy directory every actor's engine starts from (weights version 0).
+        cfg: actor count, resources, restarts, engine settings.
+        transport: how `update_weights` moves weights (see weight_sync.py).
+        bucket_bytes: weight-sync bucket size.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        cfg: RolloutConfig,
+        *,
+        max_model_len: int,
+        dtype: str = "float32",
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        transport: Transport = "object_store",
+        bucket_bytes: int = 64 * 2**20,
+    ) -> None:
+        self.cfg = cfg
+        self._actor_args = (model_dir, cfg)
+        self._actor_kwargs = {
+            "max_model_len": max_model_len,
+            "dtype": dtype,
+            "seed": seed,
+            "trust_remote_code": trust_remote_code,
+        }
+        self._object_store = ObjectStoreTransport(bucket_bytes)
+        self._broadcast = (
+            BroadcastTransport(bucket_bytes=bucket_bytes) if transport == "broadcast" else None
+        )
+        self._actors: list[Any] = []
+        self._version = 0
+        self._handle: WeightsHandle | None = None  # current weights in the object store
+        self._state: Mapping[str, torch.Tensor] | None = None  # broadcast: kept for catch-up
+        self._add_actors(cfg.num_actors)
+        self._pad_id: int = ray.get(self._actors[0].pad_token_id.remote())
+
+    @property
+    def size(self) -> int:
+        """Number of actors."""
+        return len(self._actors)
+
+    @property
+    def version(self) -> int:
+        """Version of the weights this pool last sent (0: the base weights)."""
+        return self._version
+
+    # ----------------------------------------------------------------------- generate
+
+    def generate(
+        self,
+        prompt_ids: list[str],
+        prompts: list[str],
+        *,
+        n_samples: int,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> RolloutBatch:
+        """Split prompts contiguously over the actors, generate in parallel, concatenate.
+
+        Row r of the result is sampled with seed `seed + r` whatever the pool size (see
+        `RolloutWorker.generate`). Returns one `RolloutBatch` in prompt order, padded to the
+        longest share's T, all rows from one weights version.
+        """
+        kwargs = {
+            "n_samples": n_samples,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+
+        def submit(k: int, first: int, last: int) -> Any:
+            share_seed = None if seed is None else seed + first * n_samples
+            ids, texts = prompt_ids[first:last], prompts[first:last]
+            return self._actors[k].generate.remote(ids, texts, seed=share_seed, **kwargs)
+
+        shares = [(k, *group_range(len(prompts), k, self.size)) for k in range(self.size)]
+        shares = [(k, a, b) for k, a, b in shares if b > a]
+        refs = [submit(k, a, b) for k, a, b in shares]
+        batches = [
+            self._collect(k, ref, lambda k=k, a=a, b=b: submit(k, a, b))
+            for (k, a, b), ref in zip(shares, refs, strict=True)
+        ]
+        return concat_rollout_batches(batches, self._pad_id)
+
+    def _collect(self, k: int, ref: Any, resubmit: Callable[[], Any]) -> RolloutBatch:
+        """Result of actor k's share; after a restart, catch the actor up and re-issue."""
+        for _ in range(self.cfg.max_restarts + 1):
+            try:
+                batch: RolloutBatch = ray.get(ref)
+            except RayActorError:
+                self._wait_restarted(k)
+            else:
+                if batch.policy_version >= self._version:
+                    return batch
+            self._catch_up([self._actors[k]])
+            ref = resubmit()
+        raise RuntimeError(f"rollout actor {k} failed {self.cfg.max_restarts + 1} times")
+
+    # ----------------------------------------------------------------------- weights
+
+    def update_weights(self, state: Mapping[str, torch.Tensor], version: int) -> dict[str, float]:
+        """Send full HF-named weights to every actor; they serve `version` afterwards.
+
+        The pool keeps the weights for catch-ups (the object-store handle, or for the
+        broadcast transport a reference to `state`: do not modify it in place afterwards).
+
+        Returns:
+            `timing/sync_transfer` (seconds until every actor serves the new weights),
+            `sync/bytes`, `sync/buckets`, `perf/sync_bytes_per_s`, and for the broadcast
+            transport `timing/sync_group` (group (re)build, 0 when reused).
+        """
+        if self._broadcast is None:
+            return self._sync_object_store(state, version).metrics()
+        connect_s = self._ensure_group(self._broadcast)
+        try:
+            stats = self._broadcast.send(self._actors, state, version)
+        except Exception:
+            # Closing our end makes the receivers fail fast instead of blocking until the
+            # group timeout; the next sync rebuilds the group (restarted actors report no
+            # group id). The pool keeps serving the previous version.
+            self._broadcast.close()
+            raise
+        self._version, self._state, self._handle = version, state, None
+        return stats.metrics() | {"timing/sync_group": connect_s}
+
+    def _sync_object_store(self, state: Mapping[str, torch.Tensor], version: int) -> SyncStats:
+        t0 = time.perf_counter()
+        handle = self._object_store.publish(state, version)
+        self._version, self._handle, self._state = version, handle, None
+        refs = [a.load_weights_handle.remote(handle) for a in self._actors]
+        for k, ref in enumerate(refs):
+            try:
+                ray.get(ref)
+            except RayActorError:
+                self._wait_restarted(k)
+                self._catch_up([self._actors[k]])
+        return SyncStats(time.perf_counter() - t0, handle.num_bytes, len(handle.refs))
+
+    def _ensure_group(self, transport: BroadcastTransport) -> float:
+        """(Re)build the broadcast group unless every actor is in the live one.
+
+        Returns:
+            Seconds spent building (0 when the group was reused).
+        """
+        ids = ray.get([a.broadcast_group_id.remote() for a in self._actors])
+        if transport.group_id is not None and set(ids) == {transport.group_id}:
+            return 0.0
+        return transport.connect(self._actors)
+
+    def _catch_up(self, actors: list[Any]) -> None:
+        """Make `actors` serve the current weights (no-op while they are the base ones).
+
+        Always through the object store: the broadcast transport publishes its kept state
+        lazily, once per version.
+        """
+        if self._handle is None and self._state is not None:
+            self._handle = self._object_store.publish(self._state, self._version)
+        if self._handle is not None:
+            ray.get([a.load_weights_handle.remote(self._handle) for a in actors])
+
+    def _wait_restarted(self, k: int) -> None:
+        """Block until actor k answers again.
+
+        Calls to a restarting actor fail with `ActorUnavailableError`, so this polls.
+
+        Raises:
+            ActorDiedError: the actor is dead for good (restarts exhausted).
+            ActorUnavailableError: still restarting after `_RESTART_WAIT_S`.
+        """
+        deadline = time.monotonic() + _RESTART_WAIT_S
+        while True:
+            try:
+                ray.get(self._actors[k].weights_version.remote())
+                return
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    # ----------------------------------------------------------------------- membership
+
+    def resize(self, num_actors: int) -> None:
+        """Grow (new actors serve the current weights before they take work) or shrink
+        (the last actors' engines are shut down, then the actors are killed)."""
+        if num_actors < 1:
+            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+        if num_actors > self.size:
+            self._add_actors(num_actors - self.size)
+        elif num_actors < self.size:
+            removed, self._actors = self._actors[num_actors:], self._actors[:num_actors]
+            self._stop(removed)
+        if self._broadcast is not None:
+            self._broadcast.close()  # membership changed: the next sync builds a new group
+
+    def _actor_options(self) -> dict[str, Any]:
+        cfg = self.cfg
+        env = worker_env_vars() | {"OMP_NUM_THREADS": str(cfg.cpus_per_actor)}
+        options: dict[str, Any] = {
+            "num_cpus": cfg.cpus_per_actor,
+            "num_gpus": cfg.gpus_per_actor,
+            "max_restarts": cfg.max_restarts,
+            "runtime_env": {"env_vars": env},
+        }
+        if ray.cluster_resources().get(ROLLOUT_RESOURCE, 0) > 0:
+            options["resources"] = {ROLLOUT_RESOURCE: ROLLOUT_RESOURCE_PER_ACTOR}
+        return options
+
+    def _add_actors(self, count: int) -> None:
+        remote_cls = ray.remote(RolloutActor).options(**self._actor_options())
+        new = [remote_cls.remote(*self._actor_args, **self._actor_kwargs) for _ in range(count)]
+        ray.get([a.weights_version.remote() for a in new])  # engines are up
+        self._catch_up(new)
+        self._actors.extend(new)
+
+    @staticmethod
+    def _stop(actors: list[Any]) -> None:
+        """Shut engines down (no /dev/shm leaks), then kill the actors."""
+        for actor, ref in [(a, a.shutdown.remote()) for a in actors]:
+            try:
+                ray.get(ref)
+            except RayActorError:
+                pass  # already dead: nothing left to shut down
+            ray.kill(actor, no_restart=True)
+
+    def shutdown(self) -> None:
+        """Stop every actor (engines first). The pool is unusable afterwards."""
+        if self._broadcast is not None:
+            self._broadcast.close()
+        actors, self._actors = self._actors, []
+        self._stop(actors)

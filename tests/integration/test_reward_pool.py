@@ -1,0 +1,123 @@
+"""RewardPool on the embedded Ray: sharded scoring equals in-process scoring; resize; errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from ray_rlhf.config import RewardConfig
+from ray_rlhf.data import toyworld
+from ray_rlhf.data.tokenize import encode_prompt_response, pad_batch
+from ray_rlhf.models.builders import load_reward_model
+from ray_rlhf.models.checkpoint import save_hf_model
+from ray_rlhf.models.factory import write_tiny_model
+from ray_rlhf.models.tokenizer import build_word_tokenizer
+from ray_rlhf.reward import RewardScorer
+from ray_rlhf.types import RolloutBatch
+
+pytestmark = pytest.mark.integration
+
+# 3 prompts x 2 samples: 2 actors get groups [0, 2) and [2, 3).
+PROMPTS = ["sort 3 1 2 =", "rev 1 2 =", "max 2 5 1 ="]
+RESPONSES = ["1 2 3", "1 3 3 !", "2 1", "2", "2 5 5", "2 5 5 !"]
+
+
+def toy_batch(tokenizer) -> RolloutBatch:
+    examples = [
+        encode_prompt_response(tokenizer, PROMPTS[row // 2], response)
+        for row, response in enumerate(RESPONSES)
+    ]
+    padded = pad_batch(examples, tokenizer.pad_token_id)
+    return RolloutBatch(
+        prompt_ids=["a", "b", "c"],
+        prompts=PROMPTS,
+        responses=RESPONSES,
+        sample_logprobs=torch.zeros(padded["input_ids"].shape),
+        finished=torch.ones(len(RESPONSES), dtype=torch.bool),
+        n_samples=2,
+        **padded,
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_word_tokenizer(toyworld.vocabulary())
+
+
+@pytest.fixture(scope="module")
+def rm_cfg(tmp_path_factory, tokenizer) -> RewardConfig:
+    root = tmp_path_factory.mktemp("reward_pool")
+    rm = load_reward_model(write_tiny_model(root / "policy", tokenizer), seed=1)
+    with torch.no_grad():
+        rm.score.weight.mul_(20.0)
+    rm_dir = save_hf_model(rm, tokenizer, root / "rm")
+    return RewardConfig(kind="model", model_path=str(rm_dir), num_actors=2)
+
+
+def assert_same_scored(got, want):
+    assert got.rollout.responses == want.rollout.responses
+    assert torch.allclose(got.scores, want.scores, atol=1e-5)
+    assert torch.allclose(got.token_rewards, want.token_rewards, atol=1e-5)
+    assert got.diagnostics.keys() == want.diagnostics.keys()
+    for key, value in want.diagnostics.items():
+        assert torch.allclose(got.diagnostics[key], value, atol=1e-5), key
+
+
+def test_pool_matches_in_process_scorer_and_resizes(ray_session, rm_cfg, tokenizer):
+    from ray_rlhf.distributed.reward_pool import RewardPool
+
+    batch = toy_batch(tokenizer)
+    want = RewardScorer(rm_cfg).score(batch)
+    assert want.scores.std() > 1e-3
+    t0 = time.perf_counter()
+    pool = RewardPool(rm_cfg)
+    t1 = time.perf_counter()
+    try:
+        assert pool.num_actors == 2
+        assert len(pool.score_async(batch).refs) == 2  # both actors got a shard
+        got = pool.score(batch)
+        t2 = time.perf_counter()
+        assert got.rollout is batch
+        assert_same_scored(got, want)
+        # The PPO trainer's rank 0 is another Ray worker: the pool travels there by value.
+        remote_score = ray_session.remote(lambda p, b: p.score(b))
+        assert_same_scored(ray_session.get(remote_score.remote(pool, batch)), want)
+        pool.resize(1)
+        assert pool.num_actors == 1
+        assert_same_scored(pool.score(batch), want)
+    finally:
+        pool.shutdown()
+    assert pool.num_actors == 0
+    print(f"\n[reward pool] start 2 actors {t1 - t0:.1f}s, score 6 rows {t2 - t1:.2f}s")
+
+
+def test_rule_pool_names_global_rows_and_resolves_relative_files(
+    ray_session, tmp_path, monkeypatch
+):
+    from ray_rlhf.distributed.reward_pool import RewardPool
+
+    (tmp_path / "pool_rule.py").write_text(
+        "from ray_rlhf.data.toyworld import true_reward\n"
+        "def r(prompt, response):\n"
+        "    return float('nan') if response == '2 5 5 !' else true_reward(prompt, response)\n"
+    )
+    monkeypatch.chdir(tmp_path)  # a relative file spec, resolved in the driver
+    tokenizer = build_word_tokenizer(toyworld.vocabulary())
+    batch = toy_batch(tokenizer)
+    pool = RewardPool(RewardConfig(rule="pool_rule.py:r", num_actors=2))
+    try:
+        with pytest.raises(ValueError, match=r"row 5 \(prompt id 'c', response '2 5 5 !'\)"):
+            pool.score(batch)
+        good = pool.score(select_first_groups(batch, 2))
+        truth = [toyworld.true_reward(PROMPTS[i // 2], RESPONSES[i]) for i in range(4)]
+        assert torch.allclose(good.scores, torch.tensor(truth))
+    finally:
+        pool.shutdown()
+
+
+def select_first_groups(batch: RolloutBatch, groups: int) -> RolloutBatch:
+    from ray_rlhf.types import select_rollout_groups
+
+    return select_rollout_groups(batch, 0, groups)

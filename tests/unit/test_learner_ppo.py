@@ -1,0 +1,33 @@
+"""PPOLearner helpers that need no engine: global whitening and row selection."""
+
+import torch
+
+from ray_rlhf.algo import masked_whiten
+from ray_rlhf.learner.ppo import Experience, _global_whiten
+from ray_rlhf.types import group_range
+
+
+def test_global_whiten_equals_masked_whiten_on_one_rank():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    mask = torch.rand(4, 6) > 0.3
+    assert torch.allclose(_global_whiten(x, mask), masked_whiten(x, mask), atol=1e-6)
+
+
+def test_experience_rows_trims_to_longest():
+    attn = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    t = torch.arange(12.0).view(3, 4)
+    exp = Experience(t.long(), attn, attn, t, t, t, None, None)
+    sub = exp.rows(torch.tensor([1, 0]))
+    assert sub.input_ids.tolist() == [[4, 5, 6], [0, 1, 2]]
+    assert sub.returns is None
+
+
+def test_group_range_covers_everything_once():
+    for groups in range(0, 9):
+        for world in (1, 2, 3):
+            spans = [group_range(groups, r, world) for r in range(world)]
+            covered = [g for a, b in spans for g in range(a, b)]
+            assert covered == list(range(groups))
+            sizes = [b - a for a, b in spans]
+            assert max(sizes) - min(sizes) <= 1
