@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Any
 
 import ray
@@ -61,6 +62,9 @@ def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        # Ray 2.60 turns token auth on for local clusters and would otherwise write a token
+        # to ~/.ray; a per-process token keeps it in memory (inherited by the raylet).
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
         temp_dir = os.environ.get("RAY_RLHF_RAY_TMP")
         ray.init(
             num_cpus=resources.num_cpus or max(os.cpu_count() or 1, min_cpus),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
 from ray_rlhf.config import ConfigError, RLHFConfig, dump_config
 
 DONE_MARKER = "DONE.json"
+# Set by Ray's job supervisor in the driver of a `ray job submit` job.
+_IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def prepare_run_dir(cfg: RLHFConfig) -> Path:
@@ -20,6 +23,11 @@ def prepare_run_dir(cfg: RLHFConfig) -> Path:
     how a stopped run resumes.
     """
     run_dir = cfg.run.run_dir
+    if _IN_RAY_JOB in os.environ and not run_dir.is_absolute():
+        raise ConfigError(
+            f"run.output_dir: {cfg.run.output_dir!r} is relative, but this is a Ray job whose "
+            "working dir is a temporary copy; give an absolute path on shared storage"
+        )
     if (run_dir / DONE_MARKER).exists():
         if not cfg.run.overwrite:
             raise ConfigError(

@@ -20,6 +20,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +212,24 @@ def _ray_cli(head: Head, *args: str, timeout: float) -> subprocess.CompletedProc
     )
 
 
+def _job_info(head: Head, submission_id: str, *, token: str | None = None) -> dict:
+    """GET /api/jobs/<id> from the dashboard's REST API with the cluster's bearer token."""
+    token = head.env["RAY_AUTH_TOKEN"] if token is None else token
+    request = urllib.request.Request(
+        f"{head.dashboard_url}/api/jobs/{submission_id}",
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_dashboard_refuses_requests_without_the_token(ray_head):
+    for token in ("", secrets.token_hex(32)):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            _job_info(ray_head, "no-such-job", token=token)
+        assert info.value.code in (401, 403), info.value
+
+
 def test_submitted_job_succeeds_and_finishes_its_run(ray_head, tmp_path):
     output_dir = tmp_path.resolve()  # absolute: the job runs in its own working dir
     submission_id = f"rr-test-{secrets.token_hex(4)}"
@@ -245,16 +265,7 @@ def test_submitted_job_succeeds_and_finishes_its_run(ray_head, tmp_path):
     log = result.stdout[-6000:]
     assert result.returncode == 0, f"`ray job submit` exited {result.returncode}:\n{log}"
 
-    status = _ray_cli(
-        ray_head,
-        "job",
-        "status",
-        "--address",
-        ray_head.dashboard_url,
-        submission_id,
-        timeout=60,
-    )
-    assert "SUCCEEDED" in status.stdout, status.stdout[-2000:]
+    assert _job_info(ray_head, submission_id)["status"] == "SUCCEEDED", log
     assert (output_dir / "job" / "DONE.json").is_file(), log
     _assert_upload_is_small(ray_head.temp_dir)
 
