@@ -161,6 +161,9 @@ class RolloutConfig:
     """Skip graph capture / compilation (faster start; the CPU path needs no compile)."""
     max_restarts: int = 2
     """Ray restarts of a dead rollout actor."""
+    sync_transport: Literal["object_store", "broadcast"] = "object_store"
+    """Weight sync: Ray object store, or a torch.distributed broadcast group (gloo on CPU,
+    NCCL on GPU) spanning learner rank 0 and the rollout actors."""
 
     def __post_init__(self) -> None:
         _check(self.num_actors >= 1, "num_actors", "must be >= 1")
@@ -302,6 +305,10 @@ class ResourcesConfig:
 
     address: str | None = None
     """Ray address to join; None starts an embedded local cluster (or joins the job's)."""
+    custom_resources: Literal["auto", "always", "never"] = "auto"
+    """Request the `rollout` / `learner` custom resources of cluster.yaml's node types:
+    `always` on autoscaling clusters that start with zero such nodes, `auto` only when the
+    cluster already has them, `never` to ignore them."""
     num_cpus: int | None = None
     """Logical CPUs of the embedded cluster. None: the cores, or more if the configured
     learners + rollout + reward actors request more (they take turns: a synchronous

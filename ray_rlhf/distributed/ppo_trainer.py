@@ -29,6 +29,7 @@ from ray_rlhf.distributed.checkpointing import (
     copy_final_policy,
     export_hf_policy,
 )
+from ray_rlhf.distributed.runtime import LEARNER_RESOURCE, custom_resource
 from ray_rlhf.metrics import MetricsWriter
 from ray_rlhf.types import ScoredBatch, group_range, select_groups
 
@@ -68,7 +69,8 @@ def _rollout_phase(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int):
         max_tokens=cfg.data.max_response_tokens,
         temperature=rollout.temperature,
         top_p=rollout.top_p,
-        seed=cfg.run.seed * 100003 + it,
+        # Row r samples with seed + r: space iterations so no two rows share a stream.
+        seed=(cfg.run.seed * 100003 + it) * 2**20,
     )
     t1 = time.perf_counter()
     scored: ScoredBatch = pools["reward"].score(batch)
@@ -258,7 +260,10 @@ def run_ppo_trainer(
         scaling_config=ScalingConfig(
             num_workers=cfg.learner.num_workers,
             use_gpu=cfg.learner.use_gpu,
-            resources_per_worker={"CPU": cfg.learner.cpus_per_worker},
+            resources_per_worker={
+                "CPU": cfg.learner.cpus_per_worker,
+                **custom_resource(LEARNER_RESOURCE, 1, cfg.resources.custom_resources),
+            },
         ),
         run_config=ray.train.RunConfig(
             name="ppo",

@@ -9,7 +9,9 @@ waits for the restarted actor, re-sends the current weights (through the object 
 whatever the transport) and re-issues that share only; shares that succeeded are kept, so
 nothing is counted twice. A share that comes back from an older weights version (a restart
 that happened between calls) is treated the same way. New actors from `resize` get the
-current weights the same way before they serve.
+current weights the same way before they serve. An object-store sync re-sends to an actor
+that died during it; a broadcast sync that fails raises (the pool keeps the previous
+version) and the next sync rebuilds the group.
 
 A pool object is picklable (it can be handed to a Ray Train worker); a copy shares the
 actors but keeps its own membership list, version and current weights. Drive the pool
@@ -19,15 +21,16 @@ actors but keeps its own membership list, version and current weights. Drive the
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import ray
 import torch
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from ray_rlhf.config import RolloutConfig
-from ray_rlhf.distributed.runtime import worker_env_vars
+from ray_rlhf.distributed.runtime import CustomResourceMode, custom_resource, worker_env_vars
 from ray_rlhf.distributed.weight_sync import (
     BroadcastReceiver,
     BroadcastTransport,
@@ -112,8 +115,10 @@ class RolloutPool:
         trust_remote_code: bool = False,
         transport: Transport = "object_store",
         bucket_bytes: int = 64 * 2**20,
+        custom_resources: CustomResourceMode = "auto",
     ) -> None:
         self.cfg = cfg
+        self._custom_resources = custom_resources
         self._actor_args = (model_dir, cfg)
         self._actor_kwargs = {
             "max_model_len": max_model_len,
@@ -161,6 +166,8 @@ class RolloutPool:
         `RolloutWorker.generate`). Returns one `RolloutBatch` in prompt order, padded to the
         longest share's T, all rows from one weights version.
         """
+        if not prompts:
+            raise ValueError("RolloutPool.generate: no prompts")
         kwargs = {
             "n_samples": n_samples,
             "max_tokens": max_tokens,
@@ -301,15 +308,20 @@ class RolloutPool:
             "max_restarts": cfg.max_restarts,
             "runtime_env": {"env_vars": env},
         }
-        if ray.cluster_resources().get(ROLLOUT_RESOURCE, 0) > 0:
-            options["resources"] = {ROLLOUT_RESOURCE: ROLLOUT_RESOURCE_PER_ACTOR}
+        options["resources"] = custom_resource(
+            ROLLOUT_RESOURCE, ROLLOUT_RESOURCE_PER_ACTOR, self._custom_resources
+        )
         return options
 
     def _add_actors(self, count: int) -> None:
         remote_cls = ray.remote(RolloutActor).options(**self._actor_options())
         new = [remote_cls.remote(*self._actor_args, **self._actor_kwargs) for _ in range(count)]
-        ray.get([a.weights_version.remote() for a in new])  # engines are up
-        self._catch_up(new)
+        try:
+            ray.get([a.weights_version.remote() for a in new])  # engines are up
+            self._catch_up(new)
+        except Exception:
+            self._stop(new)  # e.g. an unreadable model dir: leave no actors behind
+            raise
         self._actors.extend(new)
 
     @staticmethod
@@ -320,6 +332,8 @@ class RolloutPool:
                 ray.get(ref)
             except RayActorError:
                 pass  # already dead: nothing left to shut down
+            except RayError as exc:  # still kill it; /dev/shm may need cleaning
+                warnings.warn(f"rollout engine shutdown failed: {exc}", stacklevel=2)
             ray.kill(actor, no_restart=True)
 
     def shutdown(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 import ray
 
@@ -79,3 +79,21 @@ def shutdown_ray(started: bool) -> None:
     """Shut Ray down if `init_ray` started it (never a cluster we merely joined)."""
     if started:
         ray.shutdown()
+
+
+CustomResourceMode = Literal["auto", "always", "never"]
+LEARNER_RESOURCE = "learner"  # cluster.yaml: learner_gpu node type
+
+
+def custom_resource(name: str, amount: float, mode: CustomResourceMode) -> dict[str, float]:
+    """The custom-resource request of a pool actor / learner (`resources=` of Ray options).
+
+    `always` requests it even when no node has it yet (an autoscaling cluster then starts a
+    node type that declares it, see cluster.yaml); `auto` requests it only when the running
+    cluster has it (embedded local clusters do not); `never` does not request it.
+    """
+    if mode == "never":
+        return {}
+    if mode == "auto" and ray.cluster_resources().get(name, 0) <= 0:
+        return {}
+    return {name: amount}

@@ -26,6 +26,7 @@ from ray_rlhf.distributed.checkpointing import (
     copy_final_policy,
     export_hf_policy,
 )
+from ray_rlhf.distributed.runtime import LEARNER_RESOURCE, custom_resource
 from ray_rlhf.metrics import MetricsWriter
 
 
@@ -148,7 +149,10 @@ def run_sft_trainer(
         scaling_config=ScalingConfig(
             num_workers=cfg.learner.num_workers,
             use_gpu=cfg.learner.use_gpu,
-            resources_per_worker={"CPU": cfg.learner.cpus_per_worker},
+            resources_per_worker={
+                "CPU": cfg.learner.cpus_per_worker,
+                **custom_resource(LEARNER_RESOURCE, 1, cfg.resources.custom_resources),
+            },
         ),
         run_config=ray.train.RunConfig(
             name="sft",

@@ -58,6 +58,8 @@ def start_pools(cfg: RLHFConfig, policy_dir: Path) -> dict:
         dtype=cfg.model.dtype,
         seed=cfg.run.seed,
         trust_remote_code=cfg.model.trust_remote_code,
+        transport=cfg.rollout.sync_transport,
+        custom_resources=cfg.resources.custom_resources,
     )
     reward = RewardPool(
         cfg.reward, trust_remote_code=cfg.model.trust_remote_code, policy_dir=str(policy_dir)

@@ -60,6 +60,13 @@ class RolloutWorker:
             threads=cfg.cpus_per_actor,
             trust_remote_code=trust_remote_code,
         )
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One 1-token request: the first call costs ~2 s of lazy setup (measured on the
+        tiny model); paying it here keeps `timing/generate` of the first iteration honest."""
+        prompt = self.tokenizer("")["input_ids"] or [self.pad_token_id]
+        generate(self._llm, [prompt], n=1, temperature=0.0, max_tokens=1)
 
     @property
     def version(self) -> int:
@@ -134,6 +141,7 @@ class RolloutWorker:
             prompts,
             token_ids,
             groups,
+            n_samples=n_samples,
             responses=responses,
             pad_token_id=self.pad_token_id,
             policy_version=self._version,
@@ -158,6 +166,7 @@ def build_rollout_batch(
     prompt_token_ids: list[list[int]],
     groups: list[list[Completion]],
     *,
+    n_samples: int,
     responses: list[str],
     pad_token_id: int,
     policy_version: int,
@@ -166,13 +175,12 @@ def build_rollout_batch(
 
     Args:
         prompt_token_ids: (P,) token ids of each prompt.
-        groups: (P,) lists of n completions each, in prompt order.
+        groups: (P,) lists of `n_samples` completions each, in prompt order.
         responses: (N,) decoded responses, row order.
 
     Returns:
         A `RolloutBatch` with T = the longest prompt + response.
     """
-    n_samples = len(groups[0]) if groups else 0
     rows = [(ids, c) for ids, group in zip(prompt_token_ids, groups, strict=True) for c in group]
     width = max((len(ids) + len(c.token_ids) for ids, c in rows), default=0)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)  # (N, T)

@@ -232,9 +232,9 @@ def test_broadcast_transport_syncs_every_actor(
 
     cfg = RolloutConfig(num_actors=2, kv_cache_mib=16)
     pool = RolloutPool(str(model_dir), cfg, max_model_len=MAX_LEN, transport="broadcast")
+    learner = sender.remote(pool)
     try:
         base = _greedy(pool)
-        learner = sender.remote(pool)
         first = ray.get(learner.update.remote(perturbed_state, 1))
         assert first["timing/sync_group"] > 0 and first["perf/sync_bytes_per_s"] > 0
         second = ray.get(learner.update.remote(perturbed_state, 2))
@@ -249,4 +249,21 @@ def test_broadcast_transport_syncs_every_actor(
         assert third["timing/sync_group"] > 0
         assert ray.get(learner.greedy.remote(IDS, PROMPTS)).responses == base.responses
     finally:
-        pool.shutdown()
+        ray.kill(learner)
+        pool.shutdown()  # this copy still lists the removed actor: it is skipped as dead
+
+
+def test_pool_with_unreadable_model_dir_fails_cleanly(ray_session, tmp_path):
+    import time
+
+    import ray
+
+    from ray_rlhf.distributed.rollout_pool import RolloutPool
+
+    cpus = ray.available_resources()["CPU"]
+    with pytest.raises(ray.exceptions.RayActorError, match="missing_model"):
+        RolloutPool(str(tmp_path / "missing_model"), CFG, max_model_len=MAX_LEN)
+    deadline = time.monotonic() + 10
+    while ray.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources()["CPU"] == cpus  # the failed actor was removed
