@@ -96,3 +96,23 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> PPOResult:
         for pool in pools.values():
             pool.shutdown()
     return PPOResult(out, run_dir / "ppo", time.perf_counter() - start)
+
+
+def run_job(cfg: RLHFConfig) -> PPOResult:
+    """`ray-rlhf ppo` / `jobs/train_ppo.py`: PPO from `model.path`, or from a toy-world SFT
+    policy trained first when `model.path` is unset."""
+    from ray_rlhf.config import requested_cpus
+    from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
+    from ray_rlhf.loops import sft
+    from ray_rlhf.loops.common import mark_done, prepare_run_dir
+
+    run_dir = prepare_run_dir(cfg)
+    started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
+    try:
+        policy = Path(cfg.model.path) if cfg.model.path else sft.run(cfg, run_dir).policy_dir
+        result = run(cfg, run_dir, policy)
+    finally:
+        shutdown_ray(started)
+    print(f"[ppo] policy written to {result.policy_dir} ({result.seconds:.0f} s)", flush=True)
+    mark_done(run_dir, {"policy_dir": str(result.policy_dir), "seconds": result.seconds})
+    return result

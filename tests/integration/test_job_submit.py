@@ -36,9 +36,12 @@ VENV_BIN = Path(sys.executable).parent  # `ray` and `python` of the environment 
 
 # The submitted job: the entry script and its tiny-run overrides. The test appends
 # `run.output_dir=<absolute tmp dir> run.name=job` and expects `<output_dir>/job/DONE.json`.
+# A 1-iteration PPO job (a 4-step SFT first, since model.path is unset).
 JOB = (
-    "python jobs/sft.py sft.steps=4 sft.log_every=2 sft.batch_size=8 sft.warmup_steps=1"
-    " data.toyworld.n_sft=200 learner.num_workers=1"
+    "python jobs/train_ppo.py sft.steps=4 sft.log_every=2 sft.batch_size=8 sft.warmup_steps=1"
+    " data.toyworld.n_sft=200 data.toyworld.n_train_prompts=32 data.toyworld.n_test_prompts=8"
+    " learner.num_workers=1 rollout.kv_cache_mib=16 ppo.iterations=1"
+    " ppo.prompts_per_iteration=4 ppo.minibatch_size=16 ppo.micro_batch_size=8"
 )
 
 # Unix socket paths under the temp dir must stay below 107 characters; the longest is
@@ -155,7 +158,7 @@ def ray_head():
         "start",
         "--head",
         "--num-cpus",
-        "2",
+        "4",  # logical: 1 learner + 1 rollout + 1 reward actor + the Train controller's slack
         "--node-ip-address",
         "127.0.0.1",
         "--port",

@@ -118,3 +118,12 @@ def test_parse_override():
 def test_tuple_fields_from_lists():
     cfg = load_config(None, ["data.toyworld.domains=[sort, rev, copy, max, sum, count]"])
     assert isinstance(cfg.data.toyworld.domains, tuple)
+
+
+def test_shipped_job_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[2] / "jobs" / "configs").glob("*.yaml"))
+    assert len(configs) >= 3
+    for path in configs:
+        assert load_config(path).run.name == path.stem
