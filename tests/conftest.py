@@ -56,7 +56,7 @@ def _clean_dev_shm():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One embedded Ray cluster (4 logical CPUs on 2 cores, temp dir in the project)."""
+    """One embedded Ray cluster (6 logical CPUs on 2 cores, temp dir in the project)."""
     import ray
 
     from ray_rlhf.config import ResourcesConfig
@@ -64,6 +64,6 @@ def ray_session():
 
     if ray.is_initialized():
         ray.shutdown()
-    init_ray(ResourcesConfig(num_cpus=4))
+    init_ray(ResourcesConfig(num_cpus=6))
     yield ray
     ray.shutdown()

@@ -119,6 +119,26 @@ def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet) -> dict[str, flo
     return out
 
 
+def _apply_control(pools: dict, control_path: Path) -> dict[str, float]:
+    """Rank 0, between iterations: resize the rollout pool if `control.yaml` in the run dir
+    asks for another size (`rollout_actors: N`). New actors get the current weights first."""
+    pool = pools["rollout"]
+    if control_path.is_file():
+        import yaml
+
+        try:
+            wanted = (yaml.safe_load(control_path.read_text()) or {}).get("rollout_actors")
+        except (yaml.YAMLError, AttributeError) as exc:
+            print(f"[ppo] ignoring unreadable {control_path}: {exc}", flush=True)
+            wanted = None
+        if isinstance(wanted, int) and wanted >= 1 and wanted != pool.size:
+            print(f"[ppo] resizing rollout pool {pool.size} -> {wanted}", flush=True)
+            pool.resize(wanted)
+        elif wanted is not None and not (isinstance(wanted, int) and wanted >= 1):
+            print(f"[ppo] {control_path}: rollout_actors must be an int >= 1", flush=True)
+    return {"rollout/actors": float(pool.size)}
+
+
 def _learn_phase(learner: Any, scored: ScoredBatch, it: int) -> dict[str, float]:
     """Every rank: experience + PPO epochs on its share of prompt groups."""
     rank = ray.train.get_context().get_world_rank()
@@ -198,7 +218,12 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     for it in range(start, cfg.ppo.iterations):
         t0 = time.perf_counter()
         norm_start = _param_norm(learner.policy_state_dict())  # resume check; tiny cost
-        scored, metrics = _rollout_phase(cfg, pools, prompts, it) if rank == 0 else (None, {})
+        if rank == 0:
+            metrics = _apply_control(pools, Path(config["control_path"]))
+            scored, rollout_metrics = _rollout_phase(cfg, pools, prompts, it)
+            metrics |= rollout_metrics
+        else:
+            scored, metrics = None, {}
         metrics["train/param_norm_start"] = norm_start
         scored = _broadcast(scored)
         metrics |= _learn_phase(learner, scored, it)
@@ -256,6 +281,7 @@ def run_ppo_trainer(
             "prompts": prompts,
             "eval_prompts": eval_prompts,
             "metrics_dir": str((run_dir / "ppo").resolve()),
+            "control_path": str((run_dir / "control.yaml").resolve()),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.learner.num_workers,

@@ -90,6 +90,8 @@ def test_resume_continues_from_saved_state(two_iterations, base_model):
     from ray_rlhf.loops import ppo
 
     cfg, run_dir, _ = two_iterations
+    # Also grow the rollout pool 1 -> 2 between iterations through the run's control file.
+    (run_dir / "control.yaml").write_text("rollout_actors: 2\n")
     more = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, iterations=3))
     result = ppo.run(more, run_dir, base_model)
     rows = read_metrics(result.metrics_dir)
@@ -99,4 +101,6 @@ def test_resume_continues_from_saved_state(two_iterations, base_model):
     expected = global_batch_indices(n_prompts, cfg.ppo.prompts_per_iteration, 2, cfg.run.seed)
     assert third["data/first_prompt_index"] == float(expected[0])
     assert third["train/param_norm_start"] == pytest.approx(rows[1]["train/param_norm"], rel=1e-9)
-    assert third["train/logprob_diff_max"] < 1e-4  # rollout actors got the restored weights
+    # Both rollout actors (the new one included) served the restored weights.
+    assert third["rollout/actors"] == 2
+    assert third["train/logprob_diff_max"] < 1e-4
