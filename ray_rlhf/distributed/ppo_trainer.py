@@ -18,8 +18,6 @@ from typing import Any
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
@@ -29,7 +27,7 @@ from ray_rlhf.distributed.checkpointing import (
     copy_final_policy,
     export_hf_policy,
 )
-from ray_rlhf.distributed.runtime import LEARNER_RESOURCE, custom_resource
+from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks
 from ray_rlhf.metrics import MetricsWriter
 from ray_rlhf.types import ScoredBatch, group_range, select_groups
 
@@ -48,13 +46,6 @@ def _broadcast(obj: Any) -> Any:
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return dict(zip(keys, (t / torch.distributed.get_world_size()).tolist(), strict=True))
 
 
 def _rollout_phase(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int):
@@ -149,7 +140,7 @@ def _learn_phase(learner: Any, scored: ScoredBatch, it: int) -> dict[str, float]
     exp, stats = learner.make_experience(shard)
     stats |= learner.train(exp, seed=learner.cfg.run.seed * 7919 + it)
     stats["timing/train"] = time.perf_counter() - t0
-    stats = _mean_over_ranks(stats)
+    stats = mean_over_ranks(stats)
     learner.update_kl(stats["train/kl"], scored.rollout.num_samples)
     return stats
 
@@ -272,30 +263,14 @@ def run_ppo_trainer(
     run_dir: Path,
 ) -> Path:
     """Run PPO from `model_dir`; returns the final policy dir (`run_dir/ppo_policy`)."""
-    trainer = TorchTrainer(
-        ppo_train_loop,
-        train_loop_config={
-            "cfg": cfg,
-            "model_dir": str(Path(model_dir).resolve()),
-            "pools": pools,
-            "prompts": prompts,
-            "eval_prompts": eval_prompts,
-            "metrics_dir": str((run_dir / "ppo").resolve()),
-            "control_path": str((run_dir / "control.yaml").resolve()),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.learner.num_workers,
-            use_gpu=cfg.learner.use_gpu,
-            resources_per_worker={
-                "CPU": cfg.learner.cpus_per_worker,
-                **custom_resource(LEARNER_RESOURCE, 1, cfg.resources.custom_resources),
-            },
-        ),
-        run_config=ray.train.RunConfig(
-            name="ppo",
-            storage_path=str((run_dir / "ray_train").resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=cfg.learner.max_failures),
-        ),
-    )
-    return copy_final_policy(trainer.fit(), run_dir / "ppo_policy")
+    loop_config = {
+        "cfg": cfg,
+        "model_dir": str(Path(model_dir).resolve()),
+        "pools": pools,
+        "prompts": prompts,
+        "eval_prompts": eval_prompts,
+        "metrics_dir": str((run_dir / "ppo").resolve()),
+        "control_path": str((run_dir / "control.yaml").resolve()),
+    }
+    result = fit_learners(cfg, ppo_train_loop, loop_config, run_dir=run_dir, name="ppo")
+    return copy_final_policy(result, run_dir / "ppo_policy")

@@ -15,8 +15,6 @@ from typing import Any
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
@@ -26,7 +24,7 @@ from ray_rlhf.distributed.checkpointing import (
     copy_final_policy,
     export_hf_policy,
 )
-from ray_rlhf.distributed.runtime import LEARNER_RESOURCE, custom_resource
+from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks
 from ray_rlhf.metrics import MetricsWriter
 
 
@@ -35,14 +33,6 @@ def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.
     rows = {k: v[idx] for k, v in data.items()}
     width = int(rows["attention_mask"].sum(dim=1).max())
     return {k: v[:, :width] for k, v in rows.items()}
-
-
-def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    t /= torch.distributed.get_world_size()
-    return dict(zip(keys, t.tolist(), strict=True))
 
 
 def _report(learner: Any, metrics: dict[str, float], step: int, *, save: bool, final: bool):
@@ -92,7 +82,7 @@ def sft_train_loop(config: dict[str, Any]) -> None:
         done = step + 1
         if done % cfg.sft.log_every and done != cfg.sft.steps:
             continue
-        metrics = _mean_over_ranks({k: sum(m[k] for m in window) / len(window) for k in window[0]})
+        metrics = mean_over_ranks({k: sum(m[k] for m in window) / len(window) for k in window[0]})
         elapsed, tick = time.perf_counter() - tick, time.perf_counter()
         metrics["perf/steps_per_s"] = len(window) / elapsed
         metrics["perf/tokens_per_s"] = metrics["train/tokens"] * world * len(window) / elapsed
@@ -137,28 +127,12 @@ def run_sft_trainer(
     Returns:
         The HF policy directory (loadable by transformers and vLLM).
     """
-    trainer = TorchTrainer(
-        sft_train_loop,
-        train_loop_config={
-            "cfg": cfg,
-            # Absolute: Ray Train workers run in their own working directory.
-            "model_dir": str(Path(model_dir).resolve()),
-            "data_ref": ray.put(data),
-            "metrics_dir": str((run_dir / "sft").resolve()),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.learner.num_workers,
-            use_gpu=cfg.learner.use_gpu,
-            resources_per_worker={
-                "CPU": cfg.learner.cpus_per_worker,
-                **custom_resource(LEARNER_RESOURCE, 1, cfg.resources.custom_resources),
-            },
-        ),
-        run_config=ray.train.RunConfig(
-            name="sft",
-            storage_path=str((run_dir / "ray_train").resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=cfg.learner.max_failures),
-        ),
-    )
-    return copy_final_policy(trainer.fit(), run_dir / "policy")
+    loop_config = {
+        "cfg": cfg,
+        # Absolute: Ray Train workers run in their own working directory.
+        "model_dir": str(Path(model_dir).resolve()),
+        "data_ref": ray.put(data),
+        "metrics_dir": str((run_dir / "sft").resolve()),
+    }
+    result = fit_learners(cfg, sft_train_loop, loop_config, run_dir=run_dir, name="sft")
+    return copy_final_policy(result, run_dir / "policy")
