@@ -38,6 +38,8 @@ def worker_env_vars() -> dict[str, str]:
     env = {k: os.environ[k] for k in _PROPAGATED if k in os.environ}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Ray Train also routes print() through its logger: progress lines would show twice.
+    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     return env
 
 

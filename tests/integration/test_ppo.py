@@ -104,3 +104,28 @@ def test_resume_continues_from_saved_state(two_iterations, base_model):
     # Both rollout actors (the new one included) served the restored weights.
     assert third["rollout/actors"] == 2
     assert third["train/logprob_diff_max"] < 1e-4
+
+
+def test_gae_critic_zero3_broadcast_sync(tmp_path, base_model, ray_session):
+    """The other code paths: critic + GAE, ZeRO-3 gathers, the gloo broadcast transport,
+    adaptive KL in the loss."""
+    from ray_rlhf.loops import ppo
+    from ray_rlhf.loops.common import prepare_run_dir
+
+    cfg = _cfg(
+        tmp_path,
+        "ppo.iterations=2",
+        "ppo.advantage=gae",
+        "learner.zero_stage=3",
+        "rollout.sync_transport=broadcast",
+        "ppo.kl.placement=loss",
+        "ppo.kl.adaptive=true",
+        "ppo.kl.estimator=k3",
+    )
+    result = ppo.run(cfg, prepare_run_dir(cfg), base_model)
+    rows = read_metrics(result.metrics_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["train/value_loss"] > 0 for r in rows)
+    assert rows[1]["train/kl_coef"] != rows[0]["train/kl_coef"]  # the controller moved
+    assert rows[1]["train/logprob_diff_max"] < 1e-4  # broadcast delivered the ZeRO-3 weights
+    assert rows[1]["train/param_norm_start"] == pytest.approx(rows[0]["train/param_norm"])
