@@ -8,10 +8,6 @@ dotted key, before any Ray, vLLM or DeepSpeed work starts. Every field has a doc
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,15 +15,15 @@ from typing import Any, Literal
 import yaml
 
 from ray_rlhf.data.toyworld.spec import ToyWorldConfig
-
-
-class ConfigError(ValueError):
-    """A config value is unknown, mistyped or inconsistent; the message names the key."""
-
-
-def _check(ok: bool, key: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {problem}")
+from ray_rlhf.typed_config import (
+    ConfigError,
+    build,
+    merge,
+    parse_override,
+    set_dotted,
+    to_dict,
+)
+from ray_rlhf.typed_config import check as _check
 
 
 @dataclass(frozen=True)
@@ -380,113 +376,6 @@ def requested_cpus(cfg: RLHFConfig) -> int:
 # --------------------------------------------------------------------------- loading
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against type hint `tp`, converting YAML scalars where lossless."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        _check(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
-        return _build(tp, value, key)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            _check(type(None) in args, key, "must not be null")
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if origin is tuple:
-        _check(isinstance(value, list | tuple), key, f"expected a list, got {value!r}")
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        _check(ok, key, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        _check(ok, key, f"expected an integer, got {value!r}")
-        return value
-    if tp in (bool, str):
-        _check(isinstance(value, tp), key, f"expected {tp.__name__}, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    """Build dataclass `cls` from a mapping, naming the dotted key of any problem."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {names}"
-            raise ConfigError(f"{dotted}: unknown key{hint}")
-        kwargs[key] = _coerce(value, hints[key], dotted)
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{prefix}.{exc}" if prefix else str(exc)) from None
-    except ValueError as exc:  # a section's own validation (e.g. ToyWorldConfig)
-        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict of a config (tuples become lists), YAML-safe."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple | list):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(cfg))
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        _check(isinstance(child, dict), dotted, f"'{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split `a.b.c=value`; the value is parsed as YAML (`0.1`, `true`, `[a, b]`, `null`)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {text!r}: expected key=value, e.g. ppo.kl.coef=0.05")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from None
-    return key.strip(), value
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        both_maps = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if both_maps else value
-    return out
-
-
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -505,7 +394,7 @@ def load_config(
     """
     tree: dict[str, Any] = {}
     for text in defaults:
-        _set_dotted(tree, *parse_override(text))
+        set_dotted(tree, *parse_override(text))
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -516,10 +405,10 @@ def load_config(
             raise ConfigError(f"config file {p}: invalid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: top level must be a mapping of sections")
-        tree = _merge(tree, loaded)
+        tree = merge(tree, loaded)
     for text in overrides:
-        _set_dotted(tree, *parse_override(text))
-    return _build(RLHFConfig, tree, "")
+        set_dotted(tree, *parse_override(text))
+    return build(RLHFConfig, tree, "")
 
 
 def dump_config(cfg: RLHFConfig, path: str | Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,44 @@ def copy_final_policy(result: Any, out: Path) -> Path:
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     return out
+
+
+def report_checkpoint(
+    learner: Any,
+    metrics: dict[str, float],
+    state: dict[str, Any],
+    *,
+    final_weights: dict[str, torch.Tensor] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Every rank: write the learner's engine shards (+ on rank 0 the JSON `state`, and the
+    HF export of `final_weights` when given) and report them to Ray Train as one checkpoint.
+    """
+    import ray.train
+
+    from ray_rlhf.models.checkpoint import save_json_atomic
+
+    rank = ray.train.get_context().get_world_rank()
+    with tempfile.TemporaryDirectory() as tmp:
+        learner.save_checkpoint(tmp)
+        if rank == 0:
+            save_json_atomic(Path(tmp) / STATE_FILE, state)
+            if final_weights is not None:
+                out = Path(tmp) / HF_SUBDIR
+                export_hf_policy(learner.model_dir, final_weights, out, metadata or {})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def restore_latest(learner: Any) -> dict[str, Any] | None:
+    """Load the checkpoint Ray Train hands this worker (after a restart or on a rerun of
+    the same run) into `learner`; its JSON state, or None when starting fresh."""
+    import ray.train
+
+    from ray_rlhf.models.checkpoint import load_json
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        learner.load_checkpoint(directory)
+        return load_json(Path(directory) / STATE_FILE)

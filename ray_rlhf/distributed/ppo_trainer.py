@@ -9,7 +9,6 @@ of iteration k replays exactly iteration k + 1.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,9 @@ import torch
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.distributed.checkpointing import (
-    HF_SUBDIR,
-    STATE_FILE,
     copy_final_policy,
-    export_hf_policy,
+    report_checkpoint,
+    restore_latest,
 )
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks
 from ray_rlhf.metrics import MetricsWriter
@@ -146,30 +144,17 @@ def _learn_phase(learner: Any, scored: ScoredBatch, it: int) -> dict[str, float]
 
 
 def _save(learner: Any, it: int, metrics: dict, *, final: bool) -> None:
-    rank = ray.train.get_context().get_world_rank()
     weights = learner.policy_state_dict() if final else None  # collective under ZeRO-3
-    with tempfile.TemporaryDirectory() as tmp:
-        learner.save_checkpoint(tmp)
-        if rank == 0:
-            from ray_rlhf.models.checkpoint import save_json_atomic
-
-            state = {"iteration": it, "kl_coef": learner.kl_state()}
-            save_json_atomic(Path(tmp) / STATE_FILE, state)
-            if final:
-                meta = {"stage": "ppo", "iteration": it}
-                export_hf_policy(learner.model_dir, weights, Path(tmp) / HF_SUBDIR, meta)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    state = {"iteration": it, "kl_coef": learner.kl_state()}
+    meta = {"stage": "ppo", "iteration": it}
+    report_checkpoint(learner, metrics, state, final_weights=weights, metadata=meta)
 
 
 def _restore(learner: Any) -> int:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    """The iteration to continue from (0 when starting fresh)."""
+    state = restore_latest(learner)
+    if state is None:
         return 0
-    from ray_rlhf.models.checkpoint import load_json
-
-    with checkpoint.as_directory() as directory:
-        learner.load_checkpoint(directory)
-        state = load_json(Path(directory) / STATE_FILE)
     learner.set_kl_state(float(state["kl_coef"]))
     print(f"[ppo] resumed after iteration {state['iteration']}", flush=True)
     return int(state["iteration"])

@@ -7,7 +7,6 @@ position is the step number (see `global_batch_indices`), so a restart replays n
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,9 @@ import torch
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.distributed.checkpointing import (
-    HF_SUBDIR,
-    STATE_FILE,
     copy_final_policy,
-    export_hf_policy,
+    report_checkpoint,
+    restore_latest,
 )
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks
 from ray_rlhf.metrics import MetricsWriter
@@ -40,18 +38,9 @@ def _report(learner: Any, metrics: dict[str, float], step: int, *, save: bool, f
     if not save:
         ray.train.report(metrics)
         return
-    rank = ray.train.get_context().get_world_rank()
     weights = learner.state_dict() if final else None  # collective under ZeRO-3
-    with tempfile.TemporaryDirectory() as tmp:
-        learner.save_checkpoint(tmp)
-        if rank == 0:
-            from ray_rlhf.models.checkpoint import save_json_atomic
-
-            save_json_atomic(Path(tmp) / STATE_FILE, {"step": step})
-            if final:
-                out = Path(tmp) / HF_SUBDIR
-                export_hf_policy(learner.model_dir, weights, out, {"stage": "sft", "step": step})
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    meta = {"stage": "sft", "step": step}
+    report_checkpoint(learner, metrics, {"step": step}, final_weights=weights, metadata=meta)
 
 
 def sft_train_loop(config: dict[str, Any]) -> None:
@@ -103,17 +92,12 @@ def sft_train_loop(config: dict[str, Any]) -> None:
 
 
 def _restore(learner: Any) -> int:
-    """Load the latest checkpoint Ray Train hands us; the step to continue from."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    """The step to continue from (0 when starting fresh)."""
+    state = restore_latest(learner)
+    if state is None:
         return 0
-    from ray_rlhf.models.checkpoint import load_json
-
-    with checkpoint.as_directory() as directory:
-        learner.load_checkpoint(directory)
-        step = int(load_json(Path(directory) / STATE_FILE)["step"])
-    print(f"[sft] resumed from step {step}", flush=True)
-    return step
+    print(f"[sft] resumed from step {state['step']}", flush=True)
+    return int(state["step"])
 
 
 def run_sft_trainer(
