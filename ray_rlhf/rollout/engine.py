@@ -75,6 +75,17 @@ def create_engine(
     )
 
 
+def prompt_seeds(
+    seed: int | Sequence[int] | None, num_prompts: int, n: int
+) -> Sequence[int | None]:
+    """Per-prompt sampling seeds (see `generate`): a base seed gives prompt i `seed + i * n`."""
+    if seed is None:
+        return [None] * num_prompts
+    if isinstance(seed, int):
+        return [seed + i * n for i in range(num_prompts)]
+    return seed
+
+
 def generate(
     llm: Any,
     prompt_token_ids: list[list[int]],
@@ -88,8 +99,10 @@ def generate(
     """Sample `n` completions for each prompt (given as token ids).
 
     Args:
-        seed: one seed for every prompt, one seed per prompt, or None (unseeded). vLLM
-            seeds sample j of a prompt with `seed + j`.
+        seed: a base seed, one seed per prompt, or None (unseeded). vLLM seeds sample j of
+            a prompt with `prompt_seed + j`; a base seed gives prompt i the seed
+            `seed + i * n`, so no two samples share a random stream (one seed shared by every
+            prompt would correlate their samples and bias a mean over prompts).
 
     Returns:
         One list of `n` completions per prompt, in prompt order.
@@ -97,7 +110,7 @@ def generate(
     import vllm
     from vllm.inputs import TokensPrompt
 
-    seeds = [seed] * len(prompt_token_ids) if seed is None or isinstance(seed, int) else seed
+    seeds = prompt_seeds(seed, len(prompt_token_ids), n)
     if len(seeds) != len(prompt_token_ids):
         raise ValueError(f"{len(seeds)} seeds for {len(prompt_token_ids)} prompts")
     params = [
