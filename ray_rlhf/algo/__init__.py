@@ -13,6 +13,14 @@ from ray_rlhf.algo.advantages import (
     reinforce_pp_returns,
     rloo_advantages,
 )
+from ray_rlhf.algo.decompose import (
+    PromptFreeGap,
+    cross_prompt_gaps,
+    in_batch_alternative_indices,
+    prioritized_weights,
+    prompt_free_gap_bisection,
+    prompt_related_gap,
+)
 from ray_rlhf.algo.kl import (
     AdaptiveKLController,
     FixedKLController,
@@ -42,7 +50,18 @@ from ray_rlhf.algo.ppo_loss import (
     policy_loss,
     value_loss,
 )
+from ray_rlhf.algo.rewards import place_last_token_rewards
 from ray_rlhf.algo.rm_loss import RMLossStats, bradley_terry_loss, preference_accuracy
+from ray_rlhf.algo.sft import SFTLossStats, sft_loss
+from ray_rlhf.algo.strength import (
+    StrengthLossTerms,
+    StrengthStats,
+    apply_flip,
+    flip_mask,
+    preference_strength,
+    strength_loss_terms,
+)
+from ray_rlhf.algo.tokens import token_logprobs, token_values
 
 __all__ = [
     "AdaptiveKLController",
@@ -51,16 +70,24 @@ __all__ = [
     "KLController",
     "KLEstimator",
     "PolicyLossStats",
+    "PromptFreeGap",
     "RMLossStats",
+    "SFTLossStats",
+    "StrengthLossTerms",
+    "StrengthStats",
     "ValueLossStats",
+    "apply_flip",
     "apply_kl_penalty",
     "bradley_terry_loss",
     "broadcast_sequence_advantage",
     "compute_gae",
+    "cross_prompt_gaps",
     "entropy_bonus",
     "entropy_from_logits",
+    "flip_mask",
     "gather_last",
     "group_normalized_advantages",
+    "in_batch_alternative_indices",
     "kl_estimate",
     "kl_k1",
     "kl_k2",
@@ -72,10 +99,19 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "place_last_token_rewards",
     "policy_loss",
     "preference_accuracy",
+    "preference_strength",
+    "prioritized_weights",
+    "prompt_free_gap_bisection",
+    "prompt_related_gap",
     "reinforce_pp_advantages",
     "reinforce_pp_returns",
     "rloo_advantages",
+    "sft_loss",
+    "strength_loss_terms",
+    "token_logprobs",
+    "token_values",
     "value_loss",
 ]
