@@ -188,22 +188,26 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     learner = PPOLearner(config["model_dir"], cfg)
     start = _restore(learner)
+    # Norm of the weights this iteration starts from (logged: a resume check). After a
+    # restore the rollout actors must serve the restored weights, so sync them first.
     if start > 0:
-        _sync(learner, pools, start, rank)  # rollout actors serve the restored weights
+        norm = _sync(learner, pools, start, rank).get("train/param_norm", 0.0)
+    else:
+        norm = _param_norm(learner.policy_state_dict())
     writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
     for it in range(start, cfg.ppo.iterations):
         t0 = time.perf_counter()
-        norm_start = _param_norm(learner.policy_state_dict())  # resume check; tiny cost
         if rank == 0:
             metrics = _apply_control(pools, Path(config["control_path"]))
             scored, rollout_metrics = _rollout_phase(cfg, pools, prompts, it)
             metrics |= rollout_metrics
         else:
             scored, metrics = None, {}
-        metrics["train/param_norm_start"] = norm_start
+        metrics["train/param_norm_start"] = norm
         scored = _broadcast(scored)
         metrics |= _learn_phase(learner, scored, it)
         metrics |= _sync(learner, pools, it + 1, rank)
+        norm = metrics.get("train/param_norm", 0.0)
         done = it + 1
         if rank == 0:
             total = time.perf_counter() - t0
