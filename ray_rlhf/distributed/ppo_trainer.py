@@ -128,6 +128,25 @@ def _apply_control(pools: dict, control_path: Path) -> dict[str, float]:
     return {"rollout/actors": float(pool.size)}
 
 
+def _maybe_inject_failure(control_path: Path, it: int, rank: int) -> None:
+    """Chaos test hook: `fail_learner_at_iteration: k` in control.yaml makes the last rank
+    raise once at the start of iteration k (a marker file records that it fired), so Ray
+    Train restarts the worker group from the last checkpoint."""
+    world = ray.train.get_context().get_world_size()
+    fired = control_path.with_name(control_path.name + ".failure_fired")
+    if rank != world - 1 or not control_path.is_file() or fired.exists():
+        return
+    import yaml
+
+    try:
+        wanted = (yaml.safe_load(control_path.read_text()) or {}).get("fail_learner_at_iteration")
+    except (yaml.YAMLError, AttributeError):
+        return
+    if wanted == it + 1:
+        fired.write_text(f"iteration {it + 1}\n")
+        raise RuntimeError(f"injected learner failure at iteration {it + 1} ({control_path})")
+
+
 def _learn_phase(learner: Any, scored: ScoredBatch, it: int) -> dict[str, float]:
     """Every rank: experience + PPO epochs on its share of prompt groups."""
     rank = ray.train.get_context().get_world_rank()
@@ -197,6 +216,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
     for it in range(start, cfg.ppo.iterations):
         t0 = time.perf_counter()
+        _maybe_inject_failure(Path(config["control_path"]), it, rank)
         if rank == 0:
             metrics = _apply_control(pools, Path(config["control_path"]))
             scored, rollout_metrics = _rollout_phase(cfg, pools, prompts, it)
