@@ -10,6 +10,7 @@ from ray_rlhf.config import ConfigError, RLHFConfig, load_config, to_dict
 _COMMANDS = {
     "demo": "the toy world end to end (SFT + evaluation today)",
     "sft": "supervised fine-tuning as a Ray Train + DeepSpeed run",
+    "train-rm": "Bradley-Terry reward-model training as a Ray Train + DeepSpeed run",
     "ppo": "PPO: vLLM rollout actors, reward actors, DeepSpeed learners under Ray Train",
     "config": "print the resolved config as YAML",
 }
@@ -18,6 +19,7 @@ _COMMANDS = {
 _DEFAULTS = {
     "demo": ("run.name=demo", "run.overwrite=true"),
     "sft": ("run.name=sft",),
+    "train-rm": ("run.name=rm",),
     "ppo": ("run.name=ppo",),
 }
 
@@ -59,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         from ray_rlhf.loops import demo
 
         demo.run(cfg)
+        return 0
+    if command == "train-rm":
+        from ray_rlhf.loops import rm
+
+        rm.run_job(cfg)
         return 0
     if command == "ppo":
         from ray_rlhf.loops import ppo

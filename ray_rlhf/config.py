@@ -288,11 +288,24 @@ class RMConfig:
     """Use per-pair margins when the dataset has a `margin` column."""
     label_smoothing: float = 0.0
     """Label smoothing alpha of the BT loss."""
+    warmup_steps: int = 10
+    """Linear warmup steps (capped at `steps`), then cosine decay to 10%."""
+    log_every: int = 10
+    """Report training metrics (and print progress) every this many steps."""
+    eval_every: int = 50
+    """Report held-out accuracy (`eval/accuracy`) every this many steps and at the end."""
+    checkpoint_every: int = 0
+    """Report a resumable checkpoint every this many steps (0: only at the end)."""
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, "steps", "must be > 0")
         _check(self.batch_size > 0, "batch_size", "must be > 0")
+        _check(self.lr > 0, "lr", "must be > 0")
         _check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+        _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _check(self.log_every > 0, "log_every", "must be > 0")
+        _check(self.eval_every > 0, "eval_every", "must be > 0")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -351,6 +364,11 @@ class RLHFConfig:
             rest == 0 and per_worker > 0,
             "sft.batch_size",
             f"must be a positive multiple of learner.num_workers ({self.learner.num_workers})",
+        )
+        _check(
+            self.rm.batch_size % self.learner.num_workers == 0,
+            "rm.batch_size",
+            f"must be a multiple of learner.num_workers ({self.learner.num_workers})",
         )
         _check(
             self.ppo.minibatch_size % self.learner.num_workers == 0,

@@ -1,9 +1,10 @@
-"""Checkpoint pieces shared by the Ray Train runs (SFT, PPO): HF export and hand-back."""
+"""Checkpoint pieces shared by the Ray Train runs (SFT, PPO, RM): HF export and hand-back."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,13 @@ def report_checkpoint(
     *,
     final_weights: dict[str, torch.Tensor] | None = None,
     metadata: dict[str, Any] | None = None,
+    export: Callable[[Path, dict[str, torch.Tensor], Path, dict[str, Any]], None] | None = None,
 ) -> None:
     """Every rank: write the learner's engine shards (+ on rank 0 the JSON `state`, and the
     HF export of `final_weights` when given) and report them to Ray Train as one checkpoint.
+
+    `export(model_dir, weights, out_dir, metadata)` writes the HF dir; default
+    `export_hf_policy` (a causal LM). The RM run passes its reward-model exporter.
     """
     import ray.train
 
@@ -63,7 +68,8 @@ def report_checkpoint(
             save_json_atomic(Path(tmp) / STATE_FILE, state)
             if final_weights is not None:
                 out = Path(tmp) / HF_SUBDIR
-                export_hf_policy(learner.model_dir, final_weights, out, metadata or {})
+                writer = export_hf_policy if export is None else export
+                writer(learner.model_dir, final_weights, out, metadata or {})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 

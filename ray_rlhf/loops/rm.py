@@ -1,0 +1,151 @@
+"""Reward-model driver: config -> preference pairs -> Ray Train (DeepSpeed) -> HF RM dir."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ray_rlhf.config import RLHFConfig, requested_cpus
+from ray_rlhf.loops.common import prepare_base_model, toyworld_files
+
+EVAL_FRACTION = 0.1
+"""Share of `data.preferences_path` pairs held out for `eval/accuracy` (seeded)."""
+
+
+@dataclass(frozen=True)
+class RMResult:
+    """Where the trained reward model is, its held-out accuracy, and how long it took."""
+
+    reward_model_dir: Path
+    base_dir: Path
+    eval_accuracy: float
+    seconds: float
+
+
+def tokenize_pairs(
+    dataset: Any, tokenizer: Any, max_length: int, margin_key: str = "margin"
+) -> dict[str, torch.Tensor]:
+    """Encode (prompt, chosen + EOS) and (prompt, rejected + EOS), padded to one width.
+
+    Args:
+        dataset: Rows with `prompt`, `chosen`, `rejected` (as `load_preferences` returns).
+
+    Returns:
+        chosen_/rejected_ input_ids (P, T) long, attention_mask (P, T) bool and
+        response_mask (P, T) bool; margin (P,) float32 when the dataset has `margin_key`.
+    """
+    from ray_rlhf.data.tokenize import encode_prompt_response, pad_batch
+
+    prompts = dataset["prompt"]
+    sides = {}
+    for side in ("chosen", "rejected"):
+        sides[side] = [
+            encode_prompt_response(tokenizer, p, r, max_length=max_length)
+            for p, r in zip(prompts, dataset[side], strict=True)
+        ]
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    padded = pad_batch(sides["chosen"] + sides["rejected"], pad_id)  # (2P, T)
+    p = len(prompts)
+    out = {
+        f"{side}_{k}": v[i * p : (i + 1) * p]
+        for k, v in padded.items()
+        for i, side in enumerate(("chosen", "rejected"))
+    }
+    if margin_key in dataset.column_names:
+        out["margin"] = torch.tensor(dataset[margin_key], dtype=torch.float32)
+    return out
+
+
+def _held_out_split(dataset: Any, seed: int) -> tuple[Any, Any]:
+    """(train, eval) of one validated dataset: a seeded shuffle, `EVAL_FRACTION` held out."""
+    shuffled = dataset.shuffle(seed=seed)
+    n_eval = max(1, round(EVAL_FRACTION * shuffled.num_rows))
+    return shuffled.select(range(n_eval, shuffled.num_rows)), shuffled.select(range(n_eval))
+
+
+def load_rm_tensors(
+    cfg: RLHFConfig, run_dir: Path, base_dir: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Validate (`load_preferences`, errors name file and row) and tokenize the train and
+    held-out pairs: the toy world's pref_train / pref_test, or `data.preferences_path`
+    split by `_held_out_split`."""
+    from ray_rlhf.data.preferences import load_preferences
+    from ray_rlhf.models.builders import load_tokenizer
+
+    tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
+
+    def load(source: str) -> Any:
+        return load_preferences(
+            source,
+            tokenizer=tokenizer,
+            max_prompt_tokens=cfg.data.max_prompt_tokens,
+            max_response_tokens=cfg.data.max_response_tokens,
+        )
+
+    if cfg.data.preferences_path is None:
+        files = toyworld_files(cfg, run_dir)
+        train, held_out = load(str(files["pref_train"])), load(str(files["pref_test"]))
+    else:
+        train, held_out = _held_out_split(load(cfg.data.preferences_path), cfg.run.seed)
+    max_length = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
+    return (
+        tokenize_pairs(train, tokenizer, max_length),
+        tokenize_pairs(held_out, tokenizer, max_length),
+    )
+
+
+def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
+    """Train a reward model from `policy_dir` as a Ray Train run; Ray must be initialized."""
+    from ray_rlhf.distributed.rm_trainer import run_rm_trainer
+    from ray_rlhf.models.checkpoint import METADATA_FILE, load_json
+
+    start = time.perf_counter()
+    train, held_out = load_rm_tensors(cfg, run_dir, policy_dir)
+    n, width = train["chosen_input_ids"].shape
+    n_eval = held_out["chosen_input_ids"].shape[0]
+    if n_eval < cfg.learner.num_workers:
+        raise ValueError(
+            f"{n_eval} held-out preference pairs; need at least learner.num_workers "
+            f"({cfg.learner.num_workers}) so every rank evaluates some"
+        )
+    print(
+        f"[rm] {n} pairs (max {width} tokens), {n_eval} held out, "
+        f"{cfg.rm.steps} steps, head {cfg.rm.head}, {cfg.learner.num_workers} workers, "
+        f"ZeRO-{cfg.learner.zero_stage}",
+        flush=True,
+    )
+    out = run_rm_trainer(cfg, model_dir=policy_dir, train=train, eval=held_out, run_dir=run_dir)
+    accuracy = float(load_json(out / METADATA_FILE)["eval_accuracy"])
+    return RMResult(out, policy_dir, accuracy, time.perf_counter() - start)
+
+
+def run_job(cfg: RLHFConfig) -> RMResult:
+    """`ray-rlhf train-rm` / `jobs/train_rm.py`: run dir, Ray, RM training, marker."""
+    from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
+    from ray_rlhf.loops.common import mark_done, prepare_run_dir
+
+    run_dir = prepare_run_dir(cfg)
+    base_dir = prepare_base_model(cfg, run_dir)
+    started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
+    try:
+        result = run(cfg, run_dir, base_dir)
+    finally:
+        shutdown_ray(started)
+    print(
+        f"[rm] reward model written to {result.reward_model_dir} "
+        f"(eval accuracy {result.eval_accuracy:.3f}, {result.seconds:.0f} s)",
+        flush=True,
+    )
+    summary = {
+        "reward_model_dir": str(result.reward_model_dir),
+        "eval_accuracy": result.eval_accuracy,
+        "seconds": result.seconds,
+    }
+    mark_done(run_dir, summary)
+    return result
