@@ -86,3 +86,12 @@ def restore_latest(learner: Any) -> dict[str, Any] | None:
     with checkpoint.as_directory() as directory:
         learner.load_checkpoint(directory)
         return load_json(Path(directory) / STATE_FILE)
+
+
+def restore_step(learner: Any, tag: str) -> int:
+    """The step to continue from after `restore_latest` (0 when starting fresh)."""
+    state = restore_latest(learner)
+    if state is None:
+        return 0
+    print(f"[{tag}] resumed from step {state['step']}", flush=True)
+    return int(state["step"])

@@ -20,7 +20,11 @@ import torch
 
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
-from ray_rlhf.distributed.checkpointing import copy_final_policy, report_checkpoint, restore_latest
+from ray_rlhf.distributed.checkpointing import (
+    copy_final_policy,
+    report_checkpoint,
+    restore_step,
+)
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks
 from ray_rlhf.metrics import MetricsWriter
 
@@ -121,7 +125,7 @@ def rm_train_loop(config: dict[str, Any]) -> None:
         micro_batch_per_worker=cfg.rm.batch_size // world,
         seed=cfg.run.seed,
     )
-    start = _restore(learner)
+    start = restore_step(learner, "rm")
     writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
     window: list[dict[str, float]] = []
     tick = time.perf_counter()
@@ -159,15 +163,6 @@ def _print_progress(step: int, steps: int, metrics: dict[str, float]) -> None:
         f"acc {metrics['rm/accuracy']:.3f}{held_out}  {metrics['perf/steps_per_s']:.1f} steps/s",
         flush=True,
     )
-
-
-def _restore(learner: Any) -> int:
-    """The step to continue from (0 when starting fresh)."""
-    state = restore_latest(learner)
-    if state is None:
-        return 0
-    print(f"[rm] resumed from step {state['step']}", flush=True)
-    return int(state["step"])
 
 
 def run_rm_trainer(

@@ -20,7 +20,7 @@ from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.distributed.checkpointing import (
     copy_final_policy,
     report_checkpoint,
-    restore_latest,
+    restore_step,
 )
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks
 from ray_rlhf.metrics import MetricsWriter
@@ -61,7 +61,7 @@ def sft_train_loop(config: dict[str, Any]) -> None:
         cfg.sft,
         micro_batch_per_worker=cfg.sft.batch_size // world,
     )
-    start = _restore(learner)
+    start = restore_step(learner, "sft")
     writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
     window: list[dict[str, float]] = []
     tick = time.perf_counter()
@@ -89,15 +89,6 @@ def sft_train_loop(config: dict[str, Any]) -> None:
         _report(learner, metrics, done, save=save, final=final)
     if writer is not None:
         writer.close()
-
-
-def _restore(learner: Any) -> int:
-    """The step to continue from (0 when starting fresh)."""
-    state = restore_latest(learner)
-    if state is None:
-        return 0
-    print(f"[sft] resumed from step {state['step']}", flush=True)
-    return int(state["step"])
 
 
 def run_sft_trainer(

@@ -98,3 +98,22 @@ def load_engine_state(engine: Any, directory: str | Path, tag: str = "state") ->
     path, _ = engine.load_checkpoint(str(directory), tag=tag)
     if path is None:
         raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {directory}")
+
+
+class SingleEngineLearner:
+    """Checkpoint plumbing for learners that own exactly one engine in `self.engine`
+    (SFT, RM). Subclasses add the training step; PPO (two engines) has its own."""
+
+    engine: Any
+
+    def save_checkpoint(self, directory: str | Path) -> None:
+        """Resumable engine state (every rank writes its shard)."""
+        save_engine_state(self.engine, directory)
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        """Restore what `save_checkpoint` wrote."""
+        load_engine_state(self.engine, directory)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Full weights on CPU (collective under ZeRO-3: call on every rank)."""
+        return full_state_dict(self.engine)

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ray_rlhf.algo.rm_loss import bradley_terry_loss, preference_accuracy
 from ray_rlhf.config import LearnerConfig, ModelConfig, RMConfig
 from ray_rlhf.learner.engine import (
-    full_state_dict,
+    SingleEngineLearner,
     init_engine,
-    load_engine_state,
-    save_engine_state,
 )
 from ray_rlhf.models.builders import last_token_values, load_reward_model, score_positions
 
@@ -64,7 +61,7 @@ def stack_pairs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]]) for k in keys}
 
 
-class RMLearner:
+class RMLearner(SingleEngineLearner):
     """Owns the reward-model engine; one `train_step` is one optimizer step on a micro-batch."""
 
     def __init__(
@@ -151,15 +148,3 @@ class RMLearner:
         pairs = chosen.shape[0]
         correct = float(preference_accuracy(chosen.float(), rejected.float())) * pairs
         return {"correct": float(round(correct)), "pairs": float(pairs)}
-
-    def save_checkpoint(self, directory: str | Path) -> None:
-        """Resumable engine state (every rank writes its shard)."""
-        save_engine_state(self.engine, directory)
-
-    def load_checkpoint(self, directory: str | Path) -> None:
-        """Restore what `save_checkpoint` wrote."""
-        load_engine_state(self.engine, directory)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Full reward-model weights on CPU (collective under ZeRO-3: call on every rank)."""
-        return full_state_dict(self.engine)

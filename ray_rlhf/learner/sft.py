@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ray_rlhf.algo.sft import sft_loss
 from ray_rlhf.config import LearnerConfig, ModelConfig, SFTConfig
 from ray_rlhf.learner.engine import (
-    full_state_dict,
+    SingleEngineLearner,
     init_engine,
-    load_engine_state,
-    save_engine_state,
 )
 from ray_rlhf.models.builders import load_policy
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-class SFTLearner:
+class SFTLearner(SingleEngineLearner):
     """Owns the policy engine; one `train_step` is one optimizer step on a micro-batch."""
 
     def __init__(
@@ -80,15 +77,3 @@ class SFTLearner:
             "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "timing/step": time.perf_counter() - start,
         }
-
-    def save_checkpoint(self, directory: str | Path) -> None:
-        """Resumable engine state (every rank writes its shard)."""
-        save_engine_state(self.engine, directory)
-
-    def load_checkpoint(self, directory: str | Path) -> None:
-        """Restore what `save_checkpoint` wrote."""
-        load_engine_state(self.engine, directory)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Full policy weights on CPU (collective under ZeRO-3: call on every rank)."""
-        return full_state_dict(self.engine)
