@@ -25,7 +25,7 @@ from ray_rlhf.distributed.checkpointing import (
     report_checkpoint,
     restore_latest,
 )
-from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks
+from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
 from ray_rlhf.types import ScoredBatch, group_range, select_groups
 
@@ -202,9 +202,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
 
     cfg: RLHFConfig = config["cfg"]
     pools, prompts, eval_prompts = config["pools"], config["prompts"], config["eval_prompts"]
-    torch.set_num_threads(cfg.learner.cpus_per_worker)
-    torch.manual_seed(cfg.run.seed)
-    rank = ray.train.get_context().get_world_rank()
+    rank, _ = setup_worker(cfg)
     learner = PPOLearner(config["model_dir"], cfg)
     start = _restore(learner)
     # Norm of the weights this iteration starts from (logged: a resume check). After a

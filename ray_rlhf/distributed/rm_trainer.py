@@ -25,7 +25,7 @@ from ray_rlhf.distributed.checkpointing import (
     report_checkpoint,
     restore_step,
 )
-from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks
+from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
 
 _EVAL_ROWS = 64
@@ -111,10 +111,7 @@ def rm_train_loop(config: dict[str, Any]) -> None:
     from ray_rlhf.learner.rm import RMLearner
 
     cfg: RLHFConfig = config["cfg"]
-    torch.set_num_threads(cfg.learner.cpus_per_worker)
-    torch.manual_seed(cfg.run.seed)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = setup_worker(cfg)
     train, held_out = ray.get(config["train_ref"]), ray.get(config["eval_ref"])
     n = train["chosen_input_ids"].shape[0]
     learner = RMLearner(

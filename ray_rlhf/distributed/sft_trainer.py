@@ -22,7 +22,7 @@ from ray_rlhf.distributed.checkpointing import (
     report_checkpoint,
     restore_step,
 )
-from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks
+from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
 
 
@@ -48,10 +48,7 @@ def sft_train_loop(config: dict[str, Any]) -> None:
     from ray_rlhf.learner.sft import SFTLearner
 
     cfg: RLHFConfig = config["cfg"]
-    torch.set_num_threads(cfg.learner.cpus_per_worker)
-    torch.manual_seed(cfg.run.seed)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = setup_worker(cfg)
     data = ray.get(config["data_ref"])
     n = data["input_ids"].shape[0]
     learner = SFTLearner(

@@ -58,3 +58,12 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     torch.distributed.all_reduce(t)
     t /= torch.distributed.get_world_size()
     return dict(zip(keys, t.tolist(), strict=True))
+
+
+def setup_worker(cfg: RLHFConfig) -> tuple[int, int]:
+    """Start of every learner loop: thread count = the CPUs the worker requested (STACK.md
+    "Threads"), seeded torch; returns (rank, world size)."""
+    torch.set_num_threads(cfg.learner.cpus_per_worker)
+    torch.manual_seed(cfg.run.seed)
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
