@@ -5,8 +5,8 @@ or a single process with world size 1); Ray is not imported here.
 
 A batch of P pairs holds both sides padded to one width T:
 chosen_input_ids / rejected_input_ids (P, T) long, chosen_attention_mask /
-rejected_attention_mask and chosen_response_mask / rejected_response_mask (P, T) bool, and
-optionally margin (P,) float. Both sides go through ONE forward as (2P, T) rows.
+rejected_attention_mask and chosen_response_mask / rejected_response_mask (P, T) bool,
+optionally chosen_segment_ends / rejected_segment_ends (P, T) bool and margin (P,) float. Both sides go through ONE forward as (2P, T) rows.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def sequence_scores(
-    values: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, head: str
+    values: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    head: str,
+    segment_ends: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A sequence's reward from per-position values.
 
@@ -38,6 +42,8 @@ def sequence_scores(
         response_mask: (N, T) bool, True on response tokens (EOS included).
         head: "scalar": the value at the last real token; "per_position": the sum of the
             values over the response tokens (a segment / token-level reward model).
+        segment_ends: (N, T) bool, True at the last token of each response segment
+            (ALGORITHMS.md §5); None when the batch carries no segmentation.
 
     Returns:
         (N,) scores.
@@ -57,8 +63,12 @@ def stack_pairs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         input_ids (2P, T), attention_mask (2P, T), response_mask (2P, T); rows 0..P-1 are
         the chosen responses, rows P..2P-1 the rejected ones.
     """
-    keys = ("input_ids", "attention_mask", "response_mask")
-    return {k: torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]]) for k in keys}
+    keys = ("input_ids", "attention_mask", "response_mask", "segment_ends")
+    return {
+        k: torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])
+        for k in keys
+        if f"chosen_{k}" in batch
+    }
 
 
 class RMLearner(SingleEngineLearner):
@@ -99,7 +109,9 @@ class RMLearner(SingleEngineLearner):
         rows = stack_pairs(batch)
         mask = rows["attention_mask"]
         values = score_positions(self.engine, rows["input_ids"], mask.long())  # (2P, T)
-        scores = sequence_scores(values, mask, rows["response_mask"], self.rm_cfg.head)
+        scores = sequence_scores(
+            values, mask, rows["response_mask"], self.rm_cfg.head, rows.get("segment_ends")
+        )
         return scores.chunk(2)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:

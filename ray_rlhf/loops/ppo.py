@@ -49,6 +49,7 @@ def start_pools(cfg: RLHFConfig, policy_dir: Path) -> dict:
     """Rollout and reward pools (plain Ray actors owned by this driver)."""
     from ray_rlhf.distributed.reward_pool import RewardPool
     from ray_rlhf.distributed.rollout_pool import RolloutPool
+    from ray_rlhf.reward.transforms import build_transforms
 
     max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
     rollout = RolloutPool(
@@ -62,7 +63,10 @@ def start_pools(cfg: RLHFConfig, policy_dir: Path) -> dict:
         custom_resources=cfg.resources.custom_resources,
     )
     reward = RewardPool(
-        cfg.reward, trust_remote_code=cfg.model.trust_remote_code, policy_dir=str(policy_dir)
+        cfg.reward,
+        trust_remote_code=cfg.model.trust_remote_code,
+        policy_dir=str(policy_dir),
+        transforms=build_transforms(cfg),
     )
     return {"rollout": rollout, "reward": reward}
 
