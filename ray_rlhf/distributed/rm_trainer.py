@@ -51,23 +51,16 @@ def export_reward_model(
     save_hf_model(model, load_tokenizer(model_dir), out_dir, metadata=metadata)
 
 
-def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Pairs `idx`, both sides trimmed to the longest sequence in them (right padding)."""
-    rows = {k: v[idx] for k, v in data.items()}
-    width = int(
-        torch.cat([rows["chosen_attention_mask"], rows["rejected_attention_mask"]]).sum(1).max()
-    )
-    return {k: v[:, :width] if v.dim() == 2 else v for k, v in rows.items()}
-
-
 def _evaluate(learner: Any, data: dict[str, torch.Tensor], rank: int, world: int) -> float:
     """Held-out accuracy over all of `data`, each rank scoring its shard (a collective)."""
+    from ray_rlhf.learner.rm import pair_batch
+
     n = data["chosen_input_ids"].shape[0]
     shard = torch.arange(n)[rank::world]
     chunks = max(1, math.ceil(math.ceil(n / world) / _EVAL_ROWS))  # same count on every rank
     totals = {"correct": 0.0, "pairs": 0.0}
     for idx in torch.tensor_split(shard, chunks):  # non-empty: run() checks n >= world
-        out = learner.evaluate(_batch(data, idx))
+        out = learner.evaluate(pair_batch(data, idx))
         totals = {k: totals[k] + out[k] for k in totals}
     means = mean_over_ranks(totals)
     return means["correct"] / means["pairs"]
@@ -108,7 +101,7 @@ def _report(
 
 def rm_train_loop(config: dict[str, Any]) -> None:
     """Body of each Ray Train worker."""
-    from ray_rlhf.learner.rm import RMLearner
+    from ray_rlhf.learner.rm import RMLearner, pair_batch
 
     cfg: RLHFConfig = config["cfg"]
     rank, world = setup_worker(cfg)
@@ -128,7 +121,7 @@ def rm_train_loop(config: dict[str, Any]) -> None:
     tick = time.perf_counter()
     for step in range(start, cfg.rm.steps):
         idx = global_batch_indices(n, cfg.rm.batch_size, step, cfg.run.seed)[rank::world]
-        window.append(learner.train_step(_batch(train, idx)))
+        window.append(learner.train_step(pair_batch(train, idx)))
         done = step + 1
         final = done == cfg.rm.steps
         evaluate = final or done % cfg.rm.eval_every == 0

@@ -6,7 +6,8 @@ or a single process with world size 1); Ray is not imported here.
 A batch of P pairs holds both sides padded to one width T:
 chosen_input_ids / rejected_input_ids (P, T) long, chosen_attention_mask /
 rejected_attention_mask and chosen_response_mask / rejected_response_mask (P, T) bool,
-optionally chosen_segment_ends / rejected_segment_ends (P, T) bool and margin (P,) float. Both sides go through ONE forward as (2P, T) rows.
+optionally chosen_segment_ends / rejected_segment_ends (P, T) bool, and optionally
+strength (P,) and margin (P,) float. Both sides go through ONE forward as (2P, T) rows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from pathlib import Path
 
 import torch
 
+from ray_rlhf.algo.decompose import (
+    cross_prompt_gaps,
+    in_batch_alternative_indices,
+    prioritized_weights,
+)
 from ray_rlhf.algo.rm_loss import bradley_terry_loss, preference_accuracy
+from ray_rlhf.algo.segments import segment_mean_scores
+from ray_rlhf.algo.strength import StrengthLossTerms, apply_flip, strength_loss_terms
+from ray_rlhf.algo.tokens import join_prompts_and_responses
 from ray_rlhf.config import LearnerConfig, ModelConfig, RMConfig
 from ray_rlhf.learner.engine import (
     SingleEngineLearner,
@@ -40,17 +49,26 @@ def sequence_scores(
         values: (N, T) per-position values (`score_positions`).
         attention_mask: (N, T) bool, True on real tokens.
         response_mask: (N, T) bool, True on response tokens (EOS included).
-        head: "scalar": the value at the last real token; "per_position": the sum of the
-            values over the response tokens (a segment / token-level reward model).
+        head: "scalar": the value at the last real token; "per_position": the mean of the
+            values at the segment ends (a segment / token-level reward model; Yin et al.
+            2025, arXiv 2501.02790, Eq. 2).
         segment_ends: (N, T) bool, True at the last token of each response segment
-            (ALGORITHMS.md §5); None when the batch carries no segmentation.
+            (ALGORITHMS.md §5); required by "per_position".
 
     Returns:
         (N,) scores.
+
+    Raises:
+        ValueError: If head is "per_position" and `segment_ends` is None.
     """
     if head == "scalar":
         return last_token_values(values, attention_mask)
-    return (values * response_mask.to(values.dtype)).sum(dim=-1)
+    if segment_ends is None:
+        raise ValueError(
+            "a per_position reward model scores segments: the batch needs chosen_/rejected_"
+            "segment_ends (loops.rm.load_rm_tensors adds them)"
+        )
+    return segment_mean_scores(values, segment_ends)
 
 
 def stack_pairs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -69,6 +87,23 @@ def stack_pairs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for k in keys
         if f"chosen_{k}" in batch
     }
+
+
+def pair_batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Pairs `idx` of `data`, both sides trimmed to the longest sequence in them.
+
+    Args:
+        data: P pairs (see the module docstring), right-padded.
+        idx: (B,) long row indices.
+
+    Returns:
+        B pairs in the same layout, 2-D tensors cut to the longest real row.
+    """
+    rows = {k: v[idx] for k, v in data.items()}
+    width = int(
+        torch.cat([rows["chosen_attention_mask"], rows["rejected_attention_mask"]]).sum(1).max()
+    )
+    return {k: v[:, :width] if v.dim() == 2 else v for k, v in rows.items()}
 
 
 class RMLearner(SingleEngineLearner):
@@ -103,6 +138,8 @@ class RMLearner(SingleEngineLearner):
             warmup_steps=rm_cfg.warmup_steps,
             micro_batch_per_worker=micro_batch_per_worker,
         )
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self._generator = torch.Generator().manual_seed(seed * 1009 + rank)
 
     def _scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(P,) chosen and (P,) rejected scores from one (2P, T) forward."""
@@ -114,40 +151,126 @@ class RMLearner(SingleEngineLearner):
         )
         return scores.chunk(2)
 
+    @torch.no_grad()
+    def prompt_free_gaps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each pair's prompt-free gap dr2 from scoring it under other in-batch prompts.
+
+        Mao et al. 2025 (ALGORITHMS.md section 1): `rm.prompt_free_prompts` other prompts of
+        the batch, drawn uniformly, then `cross_prompt_gaps` (dr2 = logit of the mean
+        preference). One extra forward over (2 P M) rows, no gradients.
+
+        Args:
+            batch: P >= 2 pairs (see the module docstring).
+
+        Returns:
+            (P,) float32 dr2, chosen minus rejected.
+        """
+        rows = stack_pairs(batch)
+        pairs = batch["chosen_input_ids"].shape[0]
+        alt = in_batch_alternative_indices(
+            pairs, self.rm_cfg.prompt_free_prompts, self._generator
+        )  # (P, M)
+        own = torch.arange(pairs)[:, None].expand_as(alt)  # (P, M)
+        prompt_rows = torch.cat([alt.reshape(-1), alt.reshape(-1)])  # chosen, then rejected
+        response_rows = torch.cat([own.reshape(-1), own.reshape(-1) + pairs])
+        joined = join_prompts_and_responses(
+            rows["input_ids"], rows["attention_mask"], rows["response_mask"],
+            prompt_rows, response_rows,
+        )  # fmt: skip
+        mask = joined["attention_mask"]
+        values = score_positions(self.engine, joined["input_ids"], mask.long())
+        chosen, rejected = last_token_values(values, mask).float().chunk(2)  # (P M,) each
+        gaps = (chosen - rejected).view(pairs, -1)  # (P, M)
+        return cross_prompt_gaps(gaps).prompt_free_gap
+
+    def _loss_terms(
+        self, batch: dict[str, torch.Tensor], pairs: int
+    ) -> tuple[StrengthLossTerms, torch.Tensor | None]:
+        """Strength-based margin / smoothing / flips, and the dataset margin if asked for."""
+        cfg = self.rm_cfg
+        if cfg.uses_strength and "strength" not in batch:
+            raise ValueError(
+                f"rm.loss={cfg.loss!r} needs a per-pair 'strength' column in the "
+                "preference data; write one with `ray-rlhf preference-strength`"
+            )
+        mu = batch.get("strength", torch.zeros(pairs))
+        terms = strength_loss_terms(
+            mu.float(),
+            cfg.loss,
+            alpha=cfg.label_smoothing,
+            flip_mode=cfg.flip_mode,
+            fraction=cfg.flip_fraction,
+        )
+        if cfg.loss == "plain" and cfg.label_smoothing > 0:
+            terms = terms._replace(label_smoothing=torch.full((pairs,), cfg.label_smoothing))
+        return terms, batch.get("margin") if cfg.margin else None
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One forward/backward/step on P pairs.
 
+        The loss is `bradley_terry_loss` with what `rm` selects: the dataset `margin`, the
+        strength loss `rm.loss` (flips, adaptive margin, smoothing from the `strength`
+        column; Wang et al. 2024) and the prompt-free prioritized weights (`rm.prioritized`,
+        Mao et al. 2025).
+
         Args:
-            batch: P pairs (see the module docstring); `margin` (P,) is used only when
-                `rm.margin` is set.
+            batch: P pairs (see the module docstring); `strength` (P,) is read when the loss
+                needs it, `margin` (P,) only when `rm.margin` is set.
 
         Returns:
-            `rm/loss`, `rm/accuracy`, `rm/margin` (mean chosen - rejected score),
-            `rm/lr`, `rm/grad_norm`, `timing/step`.
+            `rm/loss`, `rm/accuracy` (against the dataset labels, before any flip),
+            `rm/margin` (mean chosen - rejected score), `rm/flipped` (share of flipped
+            labels), `rm/lr`, `rm/grad_norm`, `timing/step`; with prioritization also
+            `rm/prompt_free_gap` (mean dr2) and `rm/weight_max` (largest weight x P).
         """
         start = time.perf_counter()
         self.engine.train()
-        chosen, rejected = self._scores(batch)
-        margin = batch.get("margin") if self.rm_cfg.margin else None
-        loss, stats = bradley_terry_loss(
-            chosen.float(),
-            rejected.float(),
+        pairs = batch["chosen_input_ids"].shape[0]
+        terms, margin = self._loss_terms(batch, pairs)
+        extra: dict[str, float] = {}
+        weights = None
+        if self.rm_cfg.prioritized and pairs >= 2:
+            dr2 = self.prompt_free_gaps(batch)  # (P,) chosen - rejected
+            direction = torch.where(terms.flip, -1.0, 1.0)  # toward the trained label
+            weights = prioritized_weights(
+                dr2, direction, self.rm_cfg.prioritized_tau, self.rm_cfg.prioritized_alpha
+            )
+            extra = {
+                "rm/prompt_free_gap": float(dr2.mean()),
+                "rm/weight_max": float(weights.max() * pairs),
+            }
+        chosen, rejected = (s.float() for s in self._scores(batch))
+        trained_chosen, trained_rejected = apply_flip(chosen, rejected, terms.flip)
+        if margin is None and bool(terms.margin.any()):
+            margin = terms.margin
+        loss, _ = bradley_terry_loss(
+            trained_chosen,
+            trained_rejected,
             margin=margin,
-            label_smoothing=self.rm_cfg.label_smoothing,
+            label_smoothing=terms.label_smoothing,
+            weights=weights,
         )
         self.engine.backward(loss)
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
-        return {
+        return extra | {
             "rm/loss": float(loss.detach()),
-            "rm/accuracy": float(stats.accuracy),
-            "rm/margin": float(stats.mean_margin),
+            "rm/accuracy": float(preference_accuracy(chosen.detach(), rejected.detach())),
+            "rm/margin": float((chosen - rejected).detach().mean()),
+            "rm/flipped": float(terms.flip.float().mean()),
             "rm/lr": float(self.engine.get_lr()[0]),
             "rm/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "timing/step": time.perf_counter() - start,
         }
 
     @torch.no_grad()
+    def margins(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(P,) float32 chosen minus rejected scores, without gradients (a collective under
+        ZeRO-3)."""
+        self.engine.eval()
+        chosen, rejected = self._scores(batch)
+        return (chosen - rejected).float()
+
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Accuracy on P held-out pairs, without gradients (a collective under ZeRO-3).
 
@@ -155,8 +278,5 @@ class RMLearner(SingleEngineLearner):
             `correct` (pairs whose chosen response scores strictly higher) and `pairs` (P),
             as floats so callers can sum them over ranks.
         """
-        self.engine.eval()
-        chosen, rejected = self._scores(batch)
-        pairs = chosen.shape[0]
-        correct = float(preference_accuracy(chosen.float(), rejected.float())) * pairs
-        return {"correct": float(round(correct)), "pairs": float(pairs)}
+        margins = self.margins(batch)
+        return {"correct": float((margins > 0).sum()), "pairs": float(margins.shape[0])}

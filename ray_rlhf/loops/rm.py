@@ -12,6 +12,9 @@ import torch
 from ray_rlhf.config import RLHFConfig, requested_cpus
 from ray_rlhf.loops.common import prepare_base_model, toyworld_files
 
+STRENGTH_COLUMN = "strength"
+"""Per-pair preference strength mu, written by `ray-rlhf preference-strength`."""
+
 EVAL_FRACTION = 0.1
 """Share of `data.preferences_path` pairs held out for `eval/accuracy` (seeded)."""
 
@@ -57,9 +60,35 @@ def tokenize_pairs(
         for k, v in padded.items()
         for i, side in enumerate(("chosen", "rejected"))
     }
-    if margin_key in dataset.column_names:
-        out["margin"] = torch.tensor(dataset[margin_key], dtype=torch.float32)
+    for key, name in ((margin_key, "margin"), (STRENGTH_COLUMN, "strength")):
+        if key in dataset.column_names:
+            out[name] = torch.tensor(dataset[key], dtype=torch.float32)
     return out
+
+
+def check_pair_columns(dataset: Any, cfg: RLHFConfig, source: str) -> None:
+    """The per-pair columns `cfg.rm` reads exist and are finite, before any training.
+
+    Raises:
+        ValueError: Naming `source`, the column and the first bad row.
+    """
+    needed = []
+    if cfg.rm.uses_strength:
+        needed.append((STRENGTH_COLUMN, f"rm.loss={cfg.rm.loss!r}"))
+    if cfg.rm.margin:
+        needed.append(("margin", "rm.margin=true"))
+    for column, why in needed:
+        if column not in dataset.column_names:
+            hint = " (write it with `ray-rlhf preference-strength`)" * (column == STRENGTH_COLUMN)
+            raise ValueError(f"{source}: {why} needs a {column!r} column{hint}")
+        values = torch.tensor(dataset[column], dtype=torch.float64)
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            row = int(bad[0])
+            raise ValueError(
+                f"{source}: row {row} (id {dataset['id'][row]!r}): {column!r} is "
+                f"{values[row].item()}, not a finite number"
+            )
 
 
 def _held_out_split(dataset: Any, seed: int) -> tuple[Any, Any]:
@@ -90,14 +119,22 @@ def load_rm_tensors(
 
     if cfg.data.preferences_path is None:
         files = toyworld_files(cfg, run_dir)
-        train, held_out = load(str(files["pref_train"])), load(str(files["pref_test"]))
+        source = str(files["pref_train"])
+        train, held_out = load(source), load(str(files["pref_test"]))
     else:
-        train, held_out = _held_out_split(load(cfg.data.preferences_path), cfg.run.seed)
+        source = cfg.data.preferences_path
+        train, held_out = _held_out_split(load(source), cfg.run.seed)
+    check_pair_columns(train, cfg, source)
     max_length = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
-    return (
+    pairs = (
         tokenize_pairs(train, tokenizer, max_length),
         tokenize_pairs(held_out, tokenizer, max_length),
     )
+    if cfg.rm.head == "per_position":  # segment RM: mark segment ends (ALGORITHMS.md §5)
+        from ray_rlhf.loops.segment_normalizer import segment_pairs
+
+        pairs = (segment_pairs(cfg, base_dir, pairs[0]), segment_pairs(cfg, base_dir, pairs[1]))
+    return pairs
 
 
 def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
@@ -121,6 +158,10 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
         flush=True,
     )
     out = run_rm_trainer(cfg, model_dir=policy_dir, train=train, eval=held_out, run_dir=run_dir)
+    if cfg.rm.head == "per_position":  # fit + store the location-aware normalizer
+        from ray_rlhf.loops.segment_normalizer import fit_and_store
+
+        fit_and_store(cfg, out, policy_dir, train)
     accuracy = float(load_json(out / METADATA_FILE)["eval_accuracy"])
     return RMResult(out, policy_dir, accuracy, time.perf_counter() - start)
 

@@ -100,6 +100,12 @@ class ToyWorldConfig:
     """Reward bonus the annotator gives the style token in the train and test pairs."""
     shifted_bias: float = -0.3
     """Reward bonus the annotator gives the style token in the shifted pairs."""
+    shifted_style_on_worse: float | None = None
+    """When set, the shifted pairs no longer draw the style token independently: exactly one
+    response of each pair carries it, the one with the lower true reward with this
+    probability (ties: either). The style feature then anti-correlates with quality on the
+    shifted split, so a reward model that learned the annotator's taste for it loses
+    accuracy against the ground truth there. None keeps the independent draw."""
     label_noise: float = 0.05
     """Probability that an annotator label is flipped after it is drawn."""
     pair_style_rate: float = 0.5
@@ -178,6 +184,9 @@ class ToyWorldConfig:
             raise ValueError(
                 f"annotator_temperature must be finite and > 0, got {self.annotator_temperature}"
             )
+        on_worse = self.shifted_style_on_worse
+        if on_worse is not None and not 0.0 <= on_worse <= 1.0:
+            raise ValueError(f"shifted_style_on_worse must be in [0, 1] or None, got {on_worse}")
         for name in ("annotator_bias", "shifted_bias"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")

@@ -29,6 +29,8 @@ from ray_rlhf.data.toyworld.tasks import (
     format_prompt,
     format_response,
     solve,
+    split_response,
+    true_reward,
     wrong_digit,
 )
 
@@ -125,6 +127,26 @@ def sample_response_pair(rng: random.Random, task: Task, cfg: ToyWorldConfig) ->
         f"no second response differing from {first!r} for {format_prompt(task)!r} after "
         f"{_MAX_PAIR_ATTEMPTS} draws; raise pair_max_error_rate or pair_length_error_rate"
     )
+
+
+def restyle_pair(
+    rng: random.Random, task: Task, pair: tuple[str, str], on_worse: float, style_token: str
+) -> tuple[str, str]:
+    """Put the style token on exactly one response: the worse one with prob. ``on_worse``.
+
+    "Worse" is the lower ``true_reward``; on a tie a fair coin picks the styled response.
+    Used for the shifted split when ``ToyWorldConfig.shifted_style_on_worse`` is set.
+    """
+    prompt = format_prompt(task)
+    words = [split_response(text, style_token=style_token)[0] for text in pair]
+    rewards = [true_reward(prompt, " ".join(w)) for w in words]
+    if rewards[0] == rewards[1]:
+        styled = rng.randrange(2)
+    else:
+        worse = 0 if rewards[0] < rewards[1] else 1
+        styled = worse if rng.random() < on_worse else 1 - worse
+    texts = [" ".join([*w, style_token] if i == styled else w) for i, w in enumerate(words)]
+    return texts[0], texts[1]
 
 
 def sft_response(rng: random.Random, task: Task, cfg: ToyWorldConfig) -> str:
@@ -244,6 +266,8 @@ def _preference_split(
     for row_id, task in zip(_ids(name, n), tasks, strict=True):
         prompt = format_prompt(task)
         y1, y2 = sample_response_pair(rng, task, cfg)
+        if name == "pref_shifted" and cfg.shifted_style_on_worse is not None:
+            y1, y2 = restyle_pair(rng, task, (y1, y2), cfg.shifted_style_on_worse, cfg.style_token)
         chosen, rejected, info = annotate_pair(
             rng,
             prompt,
