@@ -183,6 +183,10 @@ class RewardConfig:
     """Reward actors in the pool."""
     clip: float = 10.0
     """Rewards are clamped to [-clip, clip]."""
+    prompt_free_prompts: int = 0
+    """Score every response under this many other in-batch prompts and log the prompt-free /
+    prompt-related split (`reward/prompt_free_*`, ALGORITHMS.md 1); 0 turns it off. A
+    diagnostic: rewards are unchanged."""
 
     def __post_init__(self) -> None:
         _check(
@@ -193,6 +197,7 @@ class RewardConfig:
         _check(":" in self.rule, "rule", "must look like 'module:function' or 'file.py:function'")
         _check(self.num_actors >= 1, "num_actors", "must be >= 1")
         _check(self.clip > 0, "clip", "must be > 0")
+        _check(self.prompt_free_prompts >= 0, "prompt_free_prompts", "must be >= 0")
 
 
 @dataclass(frozen=True)
