@@ -12,6 +12,8 @@ _COMMANDS = {
     "sft": "supervised fine-tuning as a Ray Train + DeepSpeed run",
     "train-rm": "Bradley-Terry reward-model training as a Ray Train + DeepSpeed run",
     "ppo": "PPO: vLLM rollout actors, reward actors, DeepSpeed learners under Ray Train",
+    "preference-strength": "train an RM ensemble; annotate pairs with strength mu and spread",
+    "analyze-rm": "how much of a reward model's decisions on a dataset are prompt-free",
     "config": "print the resolved config as YAML",
 }
 
@@ -21,6 +23,8 @@ _DEFAULTS = {
     "sft": ("run.name=sft",),
     "train-rm": ("run.name=rm",),
     "ppo": ("run.name=ppo",),
+    "preference-strength": ("run.name=strength",),
+    "analyze-rm": ("run.name=analyze_rm",),
 }
 
 
@@ -71,6 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         from ray_rlhf.loops import ppo
 
         ppo.run_job(cfg)
+        return 0
+    if command == "preference-strength":
+        from ray_rlhf.loops import strength
+
+        strength.run_job(cfg)
+        return 0
+    if command == "analyze-rm":
+        from ray_rlhf.loops import analyze_rm
+
+        analyze_rm.run_job(cfg)
         return 0
     from ray_rlhf.loops import sft
 
