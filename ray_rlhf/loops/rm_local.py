@@ -47,15 +47,21 @@ class LocalRMResult:
     """Name -> (P,) float32 margins."""
     final_loss: float
     """Mean `rm/loss` over the last 10% of steps."""
+    prompt_free_gaps: dict[str, torch.Tensor]
+    """Name -> (P,) prompt-free gaps dr2 (in-batch prompts of each scoring chunk); empty
+    unless asked for."""
 
 
-def pair_margins(learner, data: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(P,) float32 chosen minus rejected scores of every pair in `data`, in order."""
+def pair_margins(learner, data: dict[str, torch.Tensor], prompt_free: bool = False) -> torch.Tensor:
+    """(P,) float32 chosen minus rejected scores of every pair in `data`, in order; with
+    `prompt_free`, the pairs' prompt-free gaps dr2 instead (`RMLearner.prompt_free_gaps`,
+    alternative prompts drawn from the same chunk of `_SCORE_ROWS` pairs)."""
     from ray_rlhf.learner.rm import pair_batch
 
     n = data["chosen_input_ids"].shape[0]
+    score = learner.prompt_free_gaps if prompt_free else learner.margins
     parts = [
-        learner.margins(pair_batch(data, torch.arange(lo, min(lo + _SCORE_ROWS, n))))
+        score(pair_batch(data, torch.arange(lo, min(lo + _SCORE_ROWS, n))))
         for lo in range(0, n, _SCORE_ROWS)
     ]
     return torch.cat(parts)
@@ -69,6 +75,7 @@ def train_rm_local(
     *,
     seed: int,
     threads: int = 1,
+    prompt_free: bool = False,
 ) -> LocalRMResult:
     """Train one reward model on `train` with `cfg.rm`, then score the pair sets `score`.
 
@@ -79,6 +86,7 @@ def train_rm_local(
         score: Name -> tokenized pairs to score after training.
         seed: Head initialization and data order (`global_batch_indices`).
         threads: Torch intra-op threads.
+        prompt_free: Also return the prompt-free gaps dr2 of every scored pair set.
 
     Returns:
         The margins on every pair set and the final training loss.
@@ -102,4 +110,9 @@ def train_rm_local(
         losses.append(learner.train_step(pair_batch(train, idx))["rm/loss"])
     tail = losses[-max(1, len(losses) // 10) :]
     margins = {name: pair_margins(learner, data) for name, data in score.items()}
-    return LocalRMResult(margins, sum(tail) / len(tail))
+    gaps = (
+        {name: pair_margins(learner, data, True) for name, data in score.items()}
+        if prompt_free
+        else {}
+    )  # after `margins`, so the engine is in eval mode
+    return LocalRMResult(margins, sum(tail) / len(tail), gaps)
