@@ -51,33 +51,48 @@ def export_reward_model(
     save_hf_model(model, load_tokenizer(model_dir), out_dir, metadata=metadata)
 
 
-def _evaluate(learner: Any, data: dict[str, torch.Tensor], rank: int, world: int) -> float:
-    """Held-out accuracy over all of `data`, each rank scoring its shard (a collective)."""
+def _evaluate(
+    learner: Any, data: dict[str, torch.Tensor], rank: int, world: int
+) -> dict[str, float]:
+    """Held-out `eval/accuracy`, `eval/score_mean` and `eval/score_std` (over both responses
+    of every pair) over all of `data`, each rank scoring its shard (a collective)."""
     from ray_rlhf.learner.rm import pair_batch
 
     n = data["chosen_input_ids"].shape[0]
     shard = torch.arange(n)[rank::world]
     chunks = max(1, math.ceil(math.ceil(n / world) / _EVAL_ROWS))  # same count on every rank
-    totals = {"correct": 0.0, "pairs": 0.0}
+    totals: dict[str, float] = {}
     for idx in torch.tensor_split(shard, chunks):  # non-empty: run() checks n >= world
         out = learner.evaluate(pair_batch(data, idx))
-        totals = {k: totals[k] + out[k] for k in totals}
-    means = mean_over_ranks(totals)
-    return means["correct"] / means["pairs"]
+        totals = {k: totals.get(k, 0.0) + v for k, v in out.items()}
+    means = mean_over_ranks(totals)  # ratios of rank means = ratios of sums
+    mean = means["score_sum"] / means["responses"]
+    var = max(means["score_sq_sum"] / means["responses"] - mean * mean, 0.0)
+    return {
+        "eval/accuracy": means["correct"] / means["pairs"],
+        "eval/score_mean": mean,
+        "eval/score_std": math.sqrt(var),
+    }
 
 
 def _metadata(
-    cfg: RLHFConfig, config: dict[str, Any], accuracy: float, step: int
+    cfg: RLHFConfig, config: dict[str, Any], metrics: dict[str, float], step: int
 ) -> dict[str, Any]:
-    """What `ray_rlhf.json` of the exported reward model records."""
+    """What `ray_rlhf.json` of the exported reward model records; `normalization` holds the
+    mean and std of its scores on the held-out responses (to standardize rewards)."""
     return {
         "stage": "rm",
         "step": step,
         "base_model": config["model_dir"],
         "head": cfg.rm.head,
         "training": dataclasses.asdict(cfg.rm),
-        "eval_accuracy": accuracy,
+        "eval_accuracy": metrics["eval/accuracy"],
         "eval_pairs": config["eval_pairs"],
+        "normalization": {
+            "mean": metrics["eval/score_mean"],
+            "std": metrics["eval/score_std"],
+            "responses": 2 * config["eval_pairs"],
+        },
     }
 
 
@@ -133,13 +148,13 @@ def rm_train_loop(config: dict[str, Any]) -> None:
         metrics["rm/step"] = done
         window = []
         if evaluate:
-            metrics["eval/accuracy"] = _evaluate(learner, held_out, rank, world)
+            metrics |= _evaluate(learner, held_out, rank, world)
         if writer is not None:
             writer.log(done, metrics)
             _print_progress(done, cfg.rm.steps, metrics)
         every = cfg.rm.checkpoint_every
         save = final or (every > 0 and done % every == 0)
-        meta = _metadata(cfg, config, metrics["eval/accuracy"], done) if final else None
+        meta = _metadata(cfg, config, metrics, done) if final else None
         _report(learner, metrics, done, save=save, meta=meta)
     if writer is not None:
         writer.close()

@@ -51,7 +51,7 @@ def sequence_scores(
         response_mask: (N, T) bool, True on response tokens (EOS included).
         head: "scalar": the value at the last real token; "per_position": the mean of the
             values at the segment ends (a segment / token-level reward model; Yin et al.
-            2025, arXiv 2501.02790, Eq. 2).
+            2025, arXiv 2501.02790).
         segment_ends: (N, T) bool, True at the last token of each response segment
             (ALGORITHMS.md §5); required by "per_position".
 
@@ -271,12 +271,22 @@ class RMLearner(SingleEngineLearner):
         chosen, rejected = self._scores(batch)
         return (chosen - rejected).float()
 
+    @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Accuracy on P held-out pairs, without gradients (a collective under ZeRO-3).
+        """Accuracy and score statistics on P held-out pairs (a collective under ZeRO-3).
 
         Returns:
-            `correct` (pairs whose chosen response scores strictly higher) and `pairs` (P),
-            as floats so callers can sum them over ranks.
+            `correct` (pairs whose chosen response scores strictly higher), `pairs` (P),
+            and over the 2P responses `responses`, `score_sum` and `score_sq_sum`, as floats
+            so callers can sum them over ranks.
         """
-        margins = self.margins(batch)
-        return {"correct": float((margins > 0).sum()), "pairs": float(margins.shape[0])}
+        self.engine.eval()
+        chosen, rejected = (s.double() for s in self._scores(batch))
+        scores = torch.cat([chosen, rejected])
+        return {
+            "correct": float((chosen > rejected).sum()),
+            "pairs": float(chosen.shape[0]),
+            "responses": float(scores.shape[0]),
+            "score_sum": float(scores.sum()),
+            "score_sq_sum": float((scores * scores).sum()),
+        }

@@ -62,6 +62,10 @@ def test_exported_reward_model_records_metadata(rm_run):
     assert meta["base_model"] == str(result.base_dir.resolve())
     assert meta["training"]["steps"] == STEPS
     assert meta["eval_accuracy"] == result.eval_accuracy
+    norm = meta["normalization"]
+    assert norm["responses"] == 2 * meta["eval_pairs"] and norm["std"] > 0
+    last = read_metrics(cfg.run.run_dir / "rm")[-1]
+    assert (norm["mean"], norm["std"]) == (last["eval/score_mean"], last["eval/score_std"])
     model = load_reward_model(result.reward_model_dir)
     assert model.config.ray_rlhf_head == "scalar"
     with pytest.raises(ValueError, match="'scalar' reward model"):
