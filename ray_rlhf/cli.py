@@ -12,6 +12,8 @@ _COMMANDS = {
     "sft": "supervised fine-tuning as a Ray Train + DeepSpeed run",
     "train-rm": "Bradley-Terry reward-model training as a Ray Train + DeepSpeed run",
     "ppo": "PPO: vLLM rollout actors, reward actors, DeepSpeed learners under Ray Train",
+    "sample-baselines": "offline baseline rewards of the SFT policy for contrastive rewards",
+    "fit-segment-normalizer": "refit a segment RM's location-aware normalizer (mu(p), sigma(p))",
     "preference-strength": "train an RM ensemble; annotate pairs with strength mu and spread",
     "analyze-rm": "how much of a reward model's decisions on a dataset are prompt-free",
     "config": "print the resolved config as YAML",
@@ -25,6 +27,8 @@ _DEFAULTS = {
     "ppo": ("run.name=ppo",),
     "preference-strength": ("run.name=strength",),
     "analyze-rm": ("run.name=analyze_rm",),
+    "fit-segment-normalizer": ("run.name=segment_normalizer",),
+    "sample-baselines": ("run.name=baselines",),
 }
 
 
@@ -75,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         from ray_rlhf.loops import ppo
 
         ppo.run_job(cfg)
+        return 0
+    if command == "sample-baselines":
+        from ray_rlhf.loops import baselines
+
+        baselines.run_job(cfg)
+        return 0
+    if command == "fit-segment-normalizer":
+        from ray_rlhf.loops import segment_normalizer
+
+        segment_normalizer.run_job(cfg)
         return 0
     if command == "preference-strength":
         from ray_rlhf.loops import strength

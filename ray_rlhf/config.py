@@ -160,6 +160,9 @@ class RolloutConfig:
     sync_transport: Literal["object_store", "broadcast"] = "object_store"
     """Weight sync: Ray object store, or a torch.distributed broadcast group (gloo on CPU,
     NCCL on GPU) spanning learner rank 0 and the rollout actors."""
+    ignore_eos: bool = False
+    """Keep sampling past EOS up to the length limit, so every response has exactly
+    `data.max_response_tokens` tokens (benchmarks: equal work across systems)."""
 
     def __post_init__(self) -> None:
         _check(self.num_actors >= 1, "num_actors", "must be >= 1")
@@ -539,6 +542,28 @@ def load_config(
     Raises:
         ConfigError: naming the file or the dotted key that is wrong.
     """
+    return load_config_with(path, overrides, defaults)[0]
+
+
+def load_config_with(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    defaults: list[str] | tuple[str, ...] = (),
+    extra: dict[str, type] | None = None,
+) -> tuple[RLHFConfig, dict[str, Any]]:
+    """`load_config` for jobs with sections of their own (e.g. an evidence grid).
+
+    Args:
+        path, overrides, defaults: As for `load_config`.
+        extra: Top-level section name -> frozen dataclass; those sections (and their
+            `name.key=value` overrides) are built into that class instead of `RLHFConfig`.
+
+    Returns:
+        The `RLHFConfig` and name -> built extra section (defaults when absent).
+
+    Raises:
+        ConfigError: naming the file or the dotted key that is wrong.
+    """
     tree: dict[str, Any] = {}
     for text in defaults:
         set_dotted(tree, *parse_override(text))
@@ -555,7 +580,10 @@ def load_config(
         tree = merge(tree, loaded)
     for text in overrides:
         set_dotted(tree, *parse_override(text))
-    return build(RLHFConfig, tree, "")
+    sections = {
+        name: build(cls, tree.pop(name, None) or {}, name) for name, cls in (extra or {}).items()
+    }
+    return build(RLHFConfig, tree, ""), sections
 
 
 def dump_config(cfg: RLHFConfig, path: str | Path) -> None:

@@ -27,6 +27,7 @@ from ray_rlhf.distributed.checkpointing import (
 )
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
+from ray_rlhf.reward.segments import segment_batch_metrics
 from ray_rlhf.types import ScoredBatch, group_range, select_groups
 
 
@@ -76,6 +77,10 @@ def _rollout_phase(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int):
         "rollout/tokens": tokens,
         "data/first_prompt_index": float(idx[0]),
     }
+    # Batch means of the scorer's per-row diagnostics (`reward/raw`, `reward/clipped`, and
+    # each transform's, e.g. `reward/contrastive_baseline`).
+    metrics |= {k: float(v.float().mean()) for k, v in scored.diagnostics.items()}
+    metrics |= segment_batch_metrics(scored.diagnostics)
     if prompts.toyworld:
         metrics |= _toy_metrics("rollout", batch.prompts, batch.responses, batch.n_samples)
     return scored, metrics

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ray_rlhf import algo
+from ray_rlhf.algo.contrastive import within_prompt_variance
 from ray_rlhf.algo.tokens import token_logprobs, token_values
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.learner.engine import (
@@ -166,12 +167,17 @@ class PPOLearner:
             )
             advantages = algo.broadcast_sequence_advantage(seq_adv, mask)
         seq_kl = kl.sum(dim=1)
+        # Sequence advantage of a row = mean over its response tokens (the scalar itself for
+        # group baselines); its variance across each prompt's samples (ALGORITHMS.md §2).
+        seq_adv_mean = algo.masked_mean(advantages, mask, dim=1)
+        adv_var = within_prompt_variance(seq_adv_mean, batch.n_samples)
         lp_diff = (old_lp - batch.sample_logprobs).abs() * mask
         stats = {
             "train/kl": float(seq_kl.mean()),
             "train/kl_coef": float(self.kl_ctl.value),
             "train/logprob_diff": float(lp_diff.sum() / mask.sum().clamp(min=1)),
             "train/logprob_diff_max": float(lp_diff.max()),
+            "train/adv_var_within_prompt": float(adv_var),
         }
         exp = Experience(ids, attn, mask, old_lp, ref_lp, advantages.float(), returns, values)
         return exp, stats

@@ -45,6 +45,18 @@ def load_prompt_sets(cfg: RLHFConfig, run_dir: Path, tokenizer):
     return sets[0], sets[1]
 
 
+def check_baselines(cfg: RLHFConfig, prompt_sets: list) -> None:
+    """Contrastive rewards: every train / eval prompt has an offline baseline (or
+    `contrastive.on_missing` is `raw`); a bad or incomplete baseline file stops the run here,
+    before any actor starts."""
+    from ray_rlhf.reward.contrastive import check_coverage, load_baselines
+
+    assert cfg.contrastive.baselines_path is not None  # ContrastiveConfig checks this
+    store = load_baselines(cfg.contrastive.baselines_path, cfg.contrastive)
+    sets = [(s.ids, s.texts) for s in prompt_sets]
+    check_coverage(store, cfg.contrastive.on_missing, sets)
+
+
 def start_pools(cfg: RLHFConfig, policy_dir: Path) -> dict:
     """Rollout and reward pools (plain Ray actors owned by this driver)."""
     from ray_rlhf.distributed.reward_pool import RewardPool
@@ -79,6 +91,8 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> PPOResult:
     start = time.perf_counter()
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=cfg.model.trust_remote_code)
     prompts, eval_prompts = load_prompt_sets(cfg, run_dir, tokenizer)
+    if cfg.contrastive.enabled:
+        check_baselines(cfg, [prompts, eval_prompts])
     print(
         f"[ppo] {len(prompts.ids)} prompts, {cfg.ppo.iterations} iterations of "
         f"{cfg.ppo.prompts_per_iteration} x {cfg.rollout.n_samples} samples, "
@@ -118,5 +132,17 @@ def run_job(cfg: RLHFConfig) -> PPOResult:
     finally:
         shutdown_ray(started)
     print(f"[ppo] policy written to {result.policy_dir} ({result.seconds:.0f} s)", flush=True)
+    if cfg.segment.reward_granularity != "bandit":  # sampled responses, boundaries marked
+        from ray_rlhf.loops.segment_report import write_segment_report
+        from ray_rlhf.models.builders import load_tokenizer
+
+        _, held_out = load_prompt_sets(cfg, run_dir, load_tokenizer(result.policy_dir))
+        write_segment_report(
+            cfg,
+            result.policy_dir,
+            held_out.texts[:32],
+            run_dir / "segments.md",
+            toyworld=held_out.toyworld,
+        )
     mark_done(run_dir, {"policy_dir": str(result.policy_dir), "seconds": result.seconds})
     return result

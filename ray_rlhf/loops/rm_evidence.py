@@ -369,7 +369,8 @@ def plot(grid: Grid, arms: list[Arm], path: Path) -> None:
             ax.bar(xs, means, width=0.4, yerr=errs, label=split, capsize=2)
         ax.set_xticks([i + 0.2 for i in range(len(methods))])
         ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=7)
-        ax.set_ylim(0.4, 1.0)
+        ax.set_ylim(0.0, 1.0)
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)  # chance
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("truth accuracy")
         ax.legend(fontsize=7)

@@ -1,0 +1,376 @@
+"""Offline baseline sampling for contrastive rewards (ALGORITHMS.md §2, Shen et al. 2024).
+
+    prompts ──► RolloutPool (frozen SFT policy, k samples each) ──► RewardPool (scored once)
+            ──► shard-NNNNN.parquet per chunk ──► merge ──► baselines.parquet (+ DONE.json)
+
+Resumable: every chunk of `contrastive.chunk_prompts` prompts is written as its own shard
+file, atomically (a temp name, then `os.replace`), so a shard is either complete or absent.
+A rerun of the same command on the unfinished run dir reads the shards, skips their prompt
+ids and samples only the rest; the merged dataset is also written atomically, and the
+`DONE.json` marker only after it. The dataset's columns are described in
+`ray_rlhf.reward.contrastive`.
+
+Failures: a chunk whose scoring fails is re-scored one sample at a time; a sample that
+still fails is left out of its prompt's `rewards` (counted in `num_failed`). A prompt
+whose k samples all failed is not in the dataset: it is listed, with the errors, in
+`baselines_failed.jsonl`, printed, and counted in `DONE.json`.
+
+Chaos hook (tests): `pause_baselines_after_shards: n` in `<run dir>/control.yaml` makes the
+job write `control.yaml.paused` after its n-th new shard and wait there until the key is
+removed, so a test can kill the process at a known point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray_rlhf.config import ConfigError, RLHFConfig
+from ray_rlhf.types import RolloutBatch
+
+SHARD_DIR = "baseline_shards"
+FAILED_FILE = "baselines_failed.jsonl"
+_SEED_OFFSET = 99991  # keeps baseline sampling seeds apart from PPO's per-iteration seeds
+
+
+@dataclass(frozen=True)
+class BaselinesResult:
+    """Where the baseline dataset is, what it holds, and how long the job took."""
+
+    path: Path
+    num_prompts: int
+    failed: list[str]
+    seconds: float
+
+
+def shard_features() -> Any:
+    """Column types of shards and of the merged dataset (`error`: shards only)."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "prompt_id": datasets.Value("string"),
+            "prompt": datasets.Value("string"),
+            "rewards": datasets.Sequence(datasets.Value("float64")),
+            "responses": datasets.Sequence(datasets.Value("string")),
+            "num_failed": datasets.Value("int32"),
+            "baseline": datasets.Value("float64"),
+            "aggregate": datasets.Value("string"),
+            "error": datasets.Value("string"),
+        }
+    )
+
+
+def write_parquet_atomic(rows: list[dict[str, Any]], path: Path, features: Any) -> None:
+    """`rows` as one parquet file at `path`, written under a temp name and then renamed."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(datasets.Dataset.from_list(rows, features=features).data.table, tmp)
+    os.replace(tmp, path)
+
+
+def read_shards(shard_dir: Path) -> list[dict[str, Any]]:
+    """Rows of every complete shard (`shard-*.parquet`; temp files are ignored), in order.
+
+    Raises:
+        ValueError: If a prompt id appears in two shards (the dir was tampered with).
+    """
+    import datasets
+
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for path in sorted(shard_dir.glob("shard-*.parquet")):
+        for row in datasets.Dataset.from_parquet(str(path)).to_list():
+            if row["prompt_id"] in seen:
+                raise ValueError(
+                    f"{path}: prompt id {row['prompt_id']!r} is already in {seen[row['prompt_id']]}"
+                )
+            seen[row["prompt_id"]] = path.name
+            rows.append(row)
+    return rows
+
+
+def baseline_prompts(
+    cfg: RLHFConfig, run_dir: Path, policy_dir: Path
+) -> tuple[list[str], list[str]]:
+    """(ids, texts) to sample: PPO's train prompts, then its eval prompts if configured.
+
+    Raises:
+        ValueError: If an id appears in both sets with different texts.
+    """
+    from ray_rlhf.loops.ppo import load_prompt_sets
+    from ray_rlhf.models.builders import load_tokenizer
+
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=cfg.model.trust_remote_code)
+    train, held_out = load_prompt_sets(cfg, run_dir, tokenizer)
+    ids, texts = list(train.ids), list(train.texts)
+    if cfg.contrastive.include_eval_prompts:
+        known = dict(zip(ids, texts, strict=True))
+        for pid, text in zip(held_out.ids, held_out.texts, strict=True):
+            if pid not in known:
+                ids.append(pid)
+                texts.append(text)
+            elif known[pid] != text:
+                raise ValueError(f"prompt id {pid!r} names two prompts: {known[pid]!r}, {text!r}")
+    return ids, texts
+
+
+def _single_row(batch: RolloutBatch, row: int) -> RolloutBatch:
+    """Row `row` of a batch as a one-sample batch (to score samples one by one)."""
+    g = row // batch.n_samples
+    sl = slice(row, row + 1)
+    return dataclasses.replace(
+        batch,
+        prompt_ids=[batch.prompt_ids[g]],
+        prompts=[batch.prompts[g]],
+        responses=[batch.responses[row]],
+        input_ids=batch.input_ids[sl],
+        attention_mask=batch.attention_mask[sl],
+        response_mask=batch.response_mask[sl],
+        sample_logprobs=batch.sample_logprobs[sl],
+        finished=batch.finished[sl],
+        n_samples=1,
+    )
+
+
+def score_rows(reward_pool: Any, batch: RolloutBatch) -> tuple[list[float | None], list[str]]:
+    """(N,) rewards, None where a sample failed, and the error texts of failed samples.
+
+    The whole batch is scored at once; if that fails, every sample is re-scored alone.
+    """
+    from ray.exceptions import RayTaskError
+
+    try:
+        return [float(s) for s in reward_pool.score(batch).scores], []
+    except (RayTaskError, ValueError) as exc:
+        print(f"[baselines] chunk scoring failed, scoring samples one by one: {exc}", flush=True)
+    scores: list[float | None] = []
+    errors = []
+    for row in range(batch.num_samples):
+        try:
+            scores.append(float(reward_pool.score(_single_row(batch, row)).scores[0]))
+        except (RayTaskError, ValueError) as exc:
+            scores.append(None)
+            errors.append(str(exc).strip().splitlines()[-1])
+    return scores, errors
+
+
+def chunk_rows(
+    batch: RolloutBatch, scores: Sequence[float | None], errors: Sequence[str], cfg: RLHFConfig
+) -> list[dict[str, Any]]:
+    """One shard row per prompt of `batch` (layout: `shard_features`)."""
+    from ray_rlhf.reward.contrastive import aggregate_name, aggregator, padded_rewards
+
+    k = batch.n_samples
+    rows = []
+    for g, (pid, text) in enumerate(zip(batch.prompt_ids, batch.prompts, strict=True)):
+        group = range(g * k, (g + 1) * k)
+        ok = [i for i in group if scores[i] is not None]
+        rewards = [float(scores[i]) for i in ok]  # type: ignore[arg-type]
+        baseline = None
+        if rewards:
+            values, valid = padded_rewards([rewards], k)
+            baseline = float(aggregator(cfg.contrastive)(values, valid)[0])
+        rows.append(
+            {
+                "prompt_id": pid,
+                "prompt": text,
+                "rewards": rewards,
+                "responses": [batch.responses[i] for i in ok],
+                "num_failed": k - len(ok),
+                "baseline": baseline,
+                "aggregate": aggregate_name(cfg.contrastive),
+                "error": "; ".join(errors) if not rewards else None,
+            }
+        )
+    return rows
+
+
+def _maybe_pause(control_path: Path, new_shards: int) -> None:
+    """The chaos hook of the module docstring."""
+    import yaml
+
+    def wanted() -> object:
+        if not control_path.is_file():
+            return None
+        return (yaml.safe_load(control_path.read_text()) or {}).get("pause_baselines_after_shards")
+
+    if wanted() != new_shards:
+        return
+    control_path.with_name(control_path.name + ".paused").write_text(f"{new_shards}\n")
+    print(f"[baselines] paused after {new_shards} shard(s) ({control_path})", flush=True)
+    while wanted() == new_shards:
+        time.sleep(0.2)
+
+
+def merge_shards(
+    rows: list[dict[str, Any]], order: Sequence[str], out: Path, failed_path: Path
+) -> list[str]:
+    """Writes the dataset (prompts with at least one reward, in `order`) and the failure
+    report; returns the failed prompt ids."""
+    rank = {pid: i for i, pid in enumerate(order)}
+    rows = sorted(rows, key=lambda r: rank.get(r["prompt_id"], len(rank)))
+    good = [{k: v for k, v in r.items() if k != "error"} for r in rows if r["rewards"]]
+    failed = [r for r in rows if not r["rewards"]]
+    features = shard_features()
+    del features["error"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(good, out, features)
+    tmp = failed_path.with_name(f".{failed_path.name}.tmp")
+    tmp.write_text(
+        "".join(
+            json.dumps({"prompt_id": r["prompt_id"], "prompt": r["prompt"], "error": r["error"]})
+            + "\n"
+            for r in failed
+        )
+    )
+    os.replace(tmp, failed_path)
+    return [r["prompt_id"] for r in failed]
+
+
+def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
+    """Sample, score and store k baselines per prompt; Ray must be initialized."""
+    from ray_rlhf.distributed.reward_pool import RewardPool
+    from ray_rlhf.distributed.rollout_pool import RolloutPool
+    from ray_rlhf.reward.transforms import build_transforms
+
+    start = time.perf_counter()
+    con = cfg.contrastive
+    out = Path(con.output_path) if con.output_path else run_dir / "baselines.parquet"
+    shard_dir = run_dir / SHARD_DIR
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    ids, texts = baseline_prompts(cfg, run_dir, policy_dir)
+    done_rows = read_shards(shard_dir)
+    done = {r["prompt_id"] for r in done_rows}
+    todo = [i for i, pid in enumerate(ids) if pid not in done]
+    print(
+        f"[baselines] {len(ids)} prompts x {con.k} samples, {len(done)} already done "
+        f"({len(list(shard_dir.glob('shard-*.parquet')))} shards), {len(todo)} to sample",
+        flush=True,
+    )
+    if todo:
+        max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
+        rollout = RolloutPool(
+            str(policy_dir),
+            cfg.rollout,
+            max_model_len=max_len,
+            dtype=cfg.model.dtype,
+            seed=cfg.run.seed,
+            trust_remote_code=cfg.model.trust_remote_code,
+            custom_resources=cfg.resources.custom_resources,
+        )
+        try:
+            reward = RewardPool(
+                cfg.reward,
+                trust_remote_code=cfg.model.trust_remote_code,
+                policy_dir=str(policy_dir),
+                transforms=build_transforms(cfg, contrastive=False),
+            )
+        except Exception:
+            rollout.shutdown()
+            raise
+        try:
+            done_rows += _sample(cfg, (rollout, reward), ids, texts, todo, run_dir)
+        finally:
+            rollout.shutdown()
+            reward.shutdown()
+    failed = merge_shards(done_rows, ids, out, run_dir / FAILED_FILE)
+    if failed:
+        print(
+            f"[baselines] {len(failed)} prompt(s) had no successful sample and are not in "
+            f"{out}: {failed[:10]} (details in {run_dir / FAILED_FILE})",
+            flush=True,
+        )
+    return BaselinesResult(out, len(ids) - len(failed), failed, time.perf_counter() - start)
+
+
+def contiguous_chunks(indices: Sequence[int], size: int) -> list[list[int]]:
+    """Splits sorted prompt indices into chunks of at most `size` consecutive indices."""
+    chunks: list[list[int]] = []
+    for i in indices:
+        if chunks and len(chunks[-1]) < size and chunks[-1][-1] == i - 1:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
+def _sample(
+    cfg: RLHFConfig,
+    pools: tuple[Any, Any],
+    ids: list[str],
+    texts: list[str],
+    todo: list[int],
+    run_dir: Path,
+) -> list[dict[str, Any]]:
+    """Generates, scores and writes one shard per chunk of the prompts `todo` (indices
+    into `ids`). Sample j of prompt i uses seed base + i * k + j, so a resumed run uses
+    the same seeds as an uninterrupted one."""
+    con, (rollout, reward) = cfg.contrastive, pools
+    shard_dir = run_dir / SHARD_DIR
+    base_seed = (cfg.run.seed * 100003 + _SEED_OFFSET) * 2**20
+    next_shard = len(list(shard_dir.glob("shard-*.parquet")))
+    rows: list[dict[str, Any]] = []
+    chunks = contiguous_chunks(todo, con.chunk_prompts)
+    for n_new, chunk in enumerate(chunks, start=1):
+        t0 = time.perf_counter()
+        batch = rollout.generate(
+            [ids[i] for i in chunk],
+            [texts[i] for i in chunk],
+            n_samples=con.k,
+            max_tokens=cfg.data.max_response_tokens,
+            temperature=con.temperature,
+            top_p=con.top_p,
+            seed=base_seed + chunk[0] * con.k,  # row r of the chunk: + r
+        )
+        scores, errors = score_rows(reward, batch)
+        new = chunk_rows(batch, scores, errors, cfg)
+        write_parquet_atomic(new, shard_dir / f"shard-{next_shard:05d}.parquet", shard_features())
+        next_shard += 1
+        rows += new
+        print(
+            f"[baselines] shard {next_shard - 1}: {len(chunk)} prompts, chunk {n_new}/"
+            f"{len(chunks)}, {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+        _maybe_pause(run_dir / "control.yaml", n_new)
+    return rows
+
+
+def run_job(cfg: RLHFConfig) -> BaselinesResult:
+    """`ray-rlhf sample-baselines` / `jobs/sample_baselines.py`: run dir, Ray, job, marker."""
+    from ray_rlhf.config import requested_cpus
+    from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
+    from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.models.checkpoint import validate_model_dir
+
+    if cfg.model.path is None:
+        raise ConfigError("model.path: the frozen SFT policy to sample baselines from is required")
+    policy_dir = validate_model_dir(cfg.model.path)
+    run_dir = prepare_run_dir(cfg)
+    started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
+    try:
+        result = run(cfg, run_dir, Path(policy_dir))
+    finally:
+        shutdown_ray(started)
+    print(
+        f"[baselines] {result.num_prompts} prompts written to {result.path} "
+        f"({len(result.failed)} failed, {result.seconds:.0f} s)",
+        flush=True,
+    )
+    summary = {
+        "baselines_path": str(result.path),
+        "num_prompts": result.num_prompts,
+        "failed_prompts": result.failed,
+        "seconds": result.seconds,
+    }
+    mark_done(run_dir, summary)
+    return result
