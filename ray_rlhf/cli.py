@@ -3,32 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from dataclasses import dataclass
 
 from ray_rlhf.config import ConfigError, RLHFConfig, load_config, to_dict
 
-_COMMANDS = {
-    "demo": "the toy world end to end (SFT + evaluation today)",
-    "sft": "supervised fine-tuning as a Ray Train + DeepSpeed run",
-    "train-rm": "Bradley-Terry reward-model training as a Ray Train + DeepSpeed run",
-    "ppo": "PPO: vLLM rollout actors, reward actors, DeepSpeed learners under Ray Train",
-    "sample-baselines": "offline baseline rewards of the SFT policy for contrastive rewards",
-    "fit-segment-normalizer": "refit a segment RM's location-aware normalizer (mu(p), sigma(p))",
-    "preference-strength": "train an RM ensemble; annotate pairs with strength mu and spread",
-    "analyze-rm": "how much of a reward model's decisions on a dataset are prompt-free",
-    "config": "print the resolved config as YAML",
-}
 
-# Each command's own defaults, applied under the config file and the overrides.
-_DEFAULTS = {
-    "demo": ("run.name=demo", "run.overwrite=true"),
-    "sft": ("run.name=sft",),
-    "train-rm": ("run.name=rm",),
-    "ppo": ("run.name=ppo",),
-    "preference-strength": ("run.name=strength",),
-    "analyze-rm": ("run.name=analyze_rm",),
-    "fit-segment-normalizer": ("run.name=segment_normalizer",),
-    "sample-baselines": ("run.name=baselines",),
+@dataclass(frozen=True)
+class _Command:
+    """A subcommand: help text, the `ray_rlhf.loops` module that runs it, its defaults."""
+
+    help: str
+    loop: str | None
+    """`ray_rlhf.loops.<loop>.run_job(cfg)` runs the command (None: handled here)."""
+    defaults: tuple[str, ...] = ()
+    """`section.key=value` applied under the config file and the overrides."""
+
+
+_COMMANDS = {
+    "demo": _Command(
+        "the toy world end to end: SFT, PPO, evaluation",
+        "demo",
+        ("run.name=demo", "run.overwrite=true"),
+    ),
+    "sft": _Command(
+        "supervised fine-tuning as a Ray Train + DeepSpeed run", "sft", ("run.name=sft",)
+    ),
+    "train-rm": _Command(
+        "Bradley-Terry reward-model training as a Ray Train + DeepSpeed run", "rm", ("run.name=rm",)
+    ),
+    "ppo": _Command(
+        "PPO: vLLM rollout actors, reward actors, DeepSpeed learners under Ray Train",
+        "ppo",
+        ("run.name=ppo",),
+    ),
+    "sample-baselines": _Command(
+        "offline baseline rewards of the SFT policy for contrastive rewards",
+        "baselines",
+        ("run.name=baselines",),
+    ),
+    "fit-segment-normalizer": _Command(
+        "refit a segment RM's location-aware normalizer (mu(p), sigma(p))",
+        "segment_normalizer",
+        ("run.name=segment_normalizer",),
+    ),
+    "preference-strength": _Command(
+        "train an RM ensemble; annotate pairs with strength mu and spread",
+        "strength",
+        ("run.name=strength",),
+    ),
+    "analyze-rm": _Command(
+        "how much of a reward model's decisions on a dataset are prompt-free",
+        "analyze_rm",
+        ("run.name=analyze_rm",),
+    ),
+    "config": _Command("print the resolved config as YAML", None),
 }
 
 
@@ -39,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Overrides are dotted keys, e.g. sft.steps=200 learner.zero_stage=3.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+    for name, command in _COMMANDS.items():
+        p = sub.add_parser(name, help=command.help)
         p.add_argument("--config", help="YAML config file (sections of RLHFConfig)")
         p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser
@@ -49,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None = None) -> tuple[str, RLHFConfig]:
     """Parse the command line into (command, validated config)."""
     args = _parser().parse_args(argv)
-    defaults = _DEFAULTS.get(args.command, ())
+    defaults = _COMMANDS[args.command].defaults
     return args.command, load_config(args.config, args.overrides, defaults=defaults)
 
 
@@ -65,44 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    if command == "demo":
-        from ray_rlhf.loops import demo
-
-        demo.run(cfg)
-        return 0
-    if command == "train-rm":
-        from ray_rlhf.loops import rm
-
-        rm.run_job(cfg)
-        return 0
-    if command == "ppo":
-        from ray_rlhf.loops import ppo
-
-        ppo.run_job(cfg)
-        return 0
-    if command == "sample-baselines":
-        from ray_rlhf.loops import baselines
-
-        baselines.run_job(cfg)
-        return 0
-    if command == "fit-segment-normalizer":
-        from ray_rlhf.loops import segment_normalizer
-
-        segment_normalizer.run_job(cfg)
-        return 0
-    if command == "preference-strength":
-        from ray_rlhf.loops import strength
-
-        strength.run_job(cfg)
-        return 0
-    if command == "analyze-rm":
-        from ray_rlhf.loops import analyze_rm
-
-        analyze_rm.run_job(cfg)
-        return 0
-    from ray_rlhf.loops import sft
-
-    sft.run_job(cfg)
+    loop = importlib.import_module(f"ray_rlhf.loops.{_COMMANDS[command].loop}")
+    loop.run_job(cfg)  # imported here: `ray-rlhf config` and --help stay fast
     return 0
 
 

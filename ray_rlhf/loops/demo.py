@@ -96,3 +96,7 @@ def run(cfg: RLHFConfig) -> dict[str, dict[str, float]]:
     print(report, flush=True)
     mark_done(run_dir, {"eval": evals, "seconds": seconds})
     return evals
+
+
+run_job = run
+"""`ray-rlhf demo`: every command's loop module has a `run_job(cfg)`."""
