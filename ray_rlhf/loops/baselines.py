@@ -238,9 +238,7 @@ def merge_shards(
 
 def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
     """Sample, score and store k baselines per prompt; Ray must be initialized."""
-    from ray_rlhf.distributed.reward_pool import RewardPool
-    from ray_rlhf.distributed.rollout_pool import RolloutPool
-    from ray_rlhf.reward.transforms import build_transforms
+    from ray_rlhf.loops.ppo import start_pools
 
     start = time.perf_counter()
     con = cfg.contrastive
@@ -257,31 +255,13 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
         flush=True,
     )
     if todo:
-        max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
-        rollout = RolloutPool(
-            str(policy_dir),
-            cfg.rollout,
-            max_model_len=max_len,
-            dtype=cfg.model.dtype,
-            seed=cfg.run.seed,
-            trust_remote_code=cfg.model.trust_remote_code,
-            custom_resources=cfg.resources.custom_resources,
-        )
+        pools = start_pools(cfg, policy_dir, contrastive=False)
         try:
-            reward = RewardPool(
-                cfg.reward,
-                trust_remote_code=cfg.model.trust_remote_code,
-                policy_dir=str(policy_dir),
-                transforms=build_transforms(cfg, contrastive=False),
-            )
-        except Exception:
-            rollout.shutdown()
-            raise
-        try:
-            done_rows += _sample(cfg, (rollout, reward), ids, texts, todo, run_dir)
+            pair = (pools["rollout"], pools["reward"])
+            done_rows += _sample(cfg, pair, ids, texts, todo, run_dir)
         finally:
-            rollout.shutdown()
-            reward.shutdown()
+            for pool in pools.values():
+                pool.shutdown()
     failed = merge_shards(done_rows, ids, out, run_dir / FAILED_FILE)
     if failed:
         print(

@@ -57,8 +57,18 @@ def check_baselines(cfg: RLHFConfig, prompt_sets: list) -> None:
     check_coverage(store, cfg.contrastive.on_missing, sets)
 
 
-def start_pools(cfg: RLHFConfig, policy_dir: Path) -> dict:
-    """Rollout and reward pools (plain Ray actors owned by this driver)."""
+def start_pools(cfg: RLHFConfig, policy_dir: Path, *, contrastive: bool = True) -> dict:
+    """Rollout and reward pools (plain Ray actors owned by this driver).
+
+    Args:
+        cfg: `rollout`, `reward` and the reward stages (`build_transforms`).
+        policy_dir: The policy the rollout actors start from (and the scorers' reference).
+        contrastive: Include the contrastive baseline subtraction (the baseline job
+            scores its samples without it).
+
+    Returns:
+        {"rollout": RolloutPool, "reward": RewardPool}; the caller shuts both down.
+    """
     from ray_rlhf.distributed.reward_pool import RewardPool
     from ray_rlhf.distributed.rollout_pool import RolloutPool
     from ray_rlhf.reward.transforms import build_transforms
@@ -74,12 +84,16 @@ def start_pools(cfg: RLHFConfig, policy_dir: Path) -> dict:
         transport=cfg.rollout.sync_transport,
         custom_resources=cfg.resources.custom_resources,
     )
-    reward = RewardPool(
-        cfg.reward,
-        trust_remote_code=cfg.model.trust_remote_code,
-        policy_dir=str(policy_dir),
-        transforms=build_transforms(cfg),
-    )
+    try:
+        reward = RewardPool(
+            cfg.reward,
+            trust_remote_code=cfg.model.trust_remote_code,
+            policy_dir=str(policy_dir),
+            transforms=build_transforms(cfg, contrastive=contrastive),
+        )
+    except Exception:
+        rollout.shutdown()
+        raise
     return {"rollout": rollout, "reward": reward}
 
 

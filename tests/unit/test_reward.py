@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_batches import PROMPTS, RESPONSES, token_batch
 
 from ray_rlhf.config import RewardConfig
 from ray_rlhf.data import toyworld
-from ray_rlhf.data.tokenize import encode_prompt_response, pad_batch
 from ray_rlhf.models.builders import load_reward_model
 from ray_rlhf.models.checkpoint import save_hf_model
 from ray_rlhf.models.factory import write_tiny_model
@@ -28,9 +28,7 @@ from ray_rlhf.types import RolloutBatch
 
 TOY_RULE = "ray_rlhf.data.toyworld:true_reward"
 
-# 2 prompts x 2 samples. Targets: sort 3 1 2 -> "1 2 3"; rev 1 2 -> "2 1".
-PROMPTS = ["sort 3 1 2 =", "rev 1 2 ="]
-RESPONSES = ["1 2 3", "1 3 3 !", "2 1", "2"]
+# toy_batches: 2 prompts x 2 samples. Targets: sort 3 1 2 -> "1 2 3"; rev 1 2 -> "2 1".
 TRUE = [1.0, 2 / 3, 1.0, 1 / 2]  # correct steps / max(target length, steps), by hand
 # Tokens per row: BOS + prompt words, then response words + EOS.
 PROMPT_LENS = [6, 6, 5, 5]
@@ -281,26 +279,6 @@ def _write_reward_model(root: Path, tokenizer, name: str) -> tuple[Path, Path, t
 @pytest.fixture(scope="module")
 def reward_dirs(tmp_path_factory, tokenizer):
     return _write_reward_model(tmp_path_factory.mktemp("reward"), tokenizer, "toy")
-
-
-def token_batch(tokenizer, finished: list[bool]) -> RolloutBatch:
-    """The 2 x 2 batch with real token ids of `tokenizer` (unfinished rows lack EOS)."""
-    examples = []
-    for row, (response, done) in enumerate(zip(RESPONSES, finished, strict=True)):
-        ex = encode_prompt_response(tokenizer, PROMPTS[row // 2], response)
-        if not done:
-            ex = ex._replace(input_ids=ex.input_ids[:-1], response_mask=ex.response_mask[:-1])
-        examples.append(ex)
-    padded = pad_batch(examples, tokenizer.pad_token_id)
-    return RolloutBatch(
-        prompt_ids=["p0", "p1"],
-        prompts=PROMPTS,
-        responses=RESPONSES,
-        sample_logprobs=torch.zeros(padded["input_ids"].shape),
-        finished=torch.tensor(finished),
-        n_samples=2,
-        **padded,
-    )
 
 
 def forward_at_last_token(model, batch: RolloutBatch) -> torch.Tensor:

@@ -9,10 +9,10 @@ import pickle
 
 import pytest
 import torch
+from toy_batches import token_batch
 
 from ray_rlhf.config import ConfigError, load_config
 from ray_rlhf.data import toyworld
-from ray_rlhf.data.tokenize import encode_prompt_response, pad_batch
 from ray_rlhf.loops.rm import tokenize_pairs
 from ray_rlhf.loops.segment_normalizer import fit_and_store, segment_pairs
 from ray_rlhf.models.builders import load_policy, load_reward_model
@@ -26,10 +26,8 @@ from ray_rlhf.reward.segments import (
     segment_batch_metrics,
     token_entropies,
 )
-from ray_rlhf.types import RolloutBatch
 
-PROMPTS = ["sort 3 1 2 =", "rev 1 2 ="]
-RESPONSES = ["1 2 3", "1 3 3 !", "2 1", "2"]
+FINISHED = (True, True, False, True)  # row 2 was cut at the length limit (no EOS)
 
 
 @pytest.fixture(scope="module")
@@ -63,28 +61,9 @@ def _cfg(root, *extra):
     )
 
 
-def _batch(tokenizer, finished=(True, True, False, True)) -> RolloutBatch:
-    examples = []
-    for row, (response, done) in enumerate(zip(RESPONSES, finished, strict=True)):
-        ex = encode_prompt_response(tokenizer, PROMPTS[row // 2], response)
-        if not done:
-            ex = ex._replace(input_ids=ex.input_ids[:-1], response_mask=ex.response_mask[:-1])
-        examples.append(ex)
-    padded = pad_batch(examples, tokenizer.pad_token_id)
-    return RolloutBatch(
-        prompt_ids=["p0", "p1"],
-        prompts=PROMPTS,
-        responses=RESPONSES,
-        sample_logprobs=torch.zeros(padded["input_ids"].shape),
-        finished=torch.tensor(finished),
-        n_samples=2,
-        **padded,
-    )
-
-
 def test_token_entropies_match_a_direct_softmax(dirs):
     _, tokenizer, policy, *_ = dirs
-    batch = _batch(tokenizer)
+    batch = token_batch(tokenizer, FINISHED)
     model = load_policy(policy).eval()
     got = token_entropies(model, batch.input_ids, batch.attention_mask)
     with torch.no_grad():
@@ -120,7 +99,7 @@ def test_transform_in_the_scorer_gives_dense_rewards(dirs):
     transform = build_segment_transform(cfg)
     assert isinstance(transform, SegmentRewards)
     scorer = RewardScorer(cfg.reward, transforms=[transform])
-    batch = _batch(tokenizer)
+    batch = token_batch(tokenizer, FINISHED)
     scored = scorer.score(batch)
     dense, mask = scored.token_rewards, batch.response_mask
     assert not dense[~mask].any()
