@@ -8,8 +8,10 @@ FORBIDDEN = ("ray", "vllm", "deepspeed", "transformers", "datasets")
 
 # Runs in a fresh interpreter so modules imported by other tests cannot hide a violation.
 PROBE = f"""
-import json, sys
+import importlib, json, pkgutil, sys
 import ray_rlhf.algo
+for info in pkgutil.iter_modules(ray_rlhf.algo.__path__):  # every module, exported or not
+    importlib.import_module(f"ray_rlhf.algo.{info.name}")
 forbidden = {list(FORBIDDEN)!r}
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in forbidden)))
 """
