@@ -11,7 +11,7 @@ PROBE = f"""
 import importlib, json, pkgutil, sys
 import ray_rlhf.algo
 for info in pkgutil.iter_modules(ray_rlhf.algo.__path__):  # every module, exported or not
-    importlib.import_module(f"ray_rlhf.algo.{info.name}")
+    importlib.import_module(f"ray_rlhf.algo.{{info.name}}")
 forbidden = {list(FORBIDDEN)!r}
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in forbidden)))
 """
