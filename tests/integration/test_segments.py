@@ -62,9 +62,10 @@ def segment_run(tmp_path_factory, ray_session):
             "ppo.iterations=2",
             "reward.kind=model",
             f"reward.model_path={rm_result.reward_model_dir}",
+            f"model.path={policy}",
         ],
     )
-    ppo_result = ppo.run(ppo_cfg, prepare_run_dir(ppo_cfg), policy)
+    ppo_result = ppo.run_job(ppo_cfg)  # the command's path: also writes segments.md
     return ppo_cfg, policy, rm_result, ppo_result
 
 
@@ -95,6 +96,7 @@ def test_segment_report_renders_boundaries(segment_run, tmp_path):
     from ray_rlhf.loops.segment_report import write_segment_report
 
     cfg, _, _, ppo_result = segment_run
+    assert "|" in (cfg.run.run_dir / "segments.md").read_text()  # written by `ppo.run_job`
     prompts = ["sort 3 1 2 =", "rev 1 2 ="]
     out = write_segment_report(
         cfg, ppo_result.policy_dir, prompts, tmp_path / "segments.md", toyworld=True
