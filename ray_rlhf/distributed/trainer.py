@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,10 @@ from ray.train.torch import TorchTrainer
 
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.distributed.runtime import LEARNER_RESOURCE, custom_resource
+
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+HEALTH_CHECK_INTERVAL_S = "0.1"
+"""How often Ray Train's controller polls the workers (and collects their reports)."""
 
 
 def fit_learners(
@@ -30,6 +35,11 @@ def fit_learners(
     and up to `learner.max_failures` worker-group failures restart from it. Paths inside
     `loop_config` must be absolute: workers run in their own working directory.
     """
+    # Ray Train's controller drains each worker's one-slot report queue once per health
+    # check (2 s by default), so a `ray.train.report` that comes sooner blocks the loop until
+    # the next poll: tiny-model PPO iterations of ~0.4 s took ~2 s (benchmarks/, README
+    # "Performance"). Ray Train passes the driver's value on to its controller.
+    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,

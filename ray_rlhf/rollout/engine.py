@@ -95,6 +95,7 @@ def generate(
     top_p: float = 1.0,
     max_tokens: int = 16,
     seed: int | Sequence[int] | None = None,
+    ignore_eos: bool = False,
 ) -> list[list[Completion]]:
     """Sample `n` completions for each prompt (given as token ids).
 
@@ -103,6 +104,7 @@ def generate(
             a prompt with `prompt_seed + j`; a base seed gives prompt i the seed
             `seed + i * n`, so no two samples share a random stream (one seed shared by every
             prompt would correlate their samples and bias a mean over prompts).
+        ignore_eos: sample past EOS, so every completion has exactly `max_tokens` tokens.
 
     Returns:
         One list of `n` completions per prompt, in prompt order.
@@ -115,7 +117,13 @@ def generate(
         raise ValueError(f"{len(seeds)} seeds for {len(prompt_token_ids)} prompts")
     params = [
         vllm.SamplingParams(
-            n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0, seed=s
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            logprobs=0,
+            seed=s,
+            ignore_eos=ignore_eos,
         )
         for s in seeds
     ]

@@ -49,6 +49,7 @@ class RolloutWorker:
     ) -> None:
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         self.max_model_len = max_model_len
+        self._ignore_eos = cfg.ignore_eos
         self._version = 0
         self._llm = create_engine(
             model_dir,
@@ -130,6 +131,7 @@ class RolloutWorker:
             top_p=top_p,
             max_tokens=max_tokens,
             seed=seeds,
+            ignore_eos=self._ignore_eos,
         )
         responses = [
             self.tokenizer.decode(c.token_ids, skip_special_tokens=True)

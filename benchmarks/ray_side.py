@@ -1,0 +1,90 @@
+"""ray_rlhf's side: the real PPO pipeline (RolloutPool + RewardPool + learners under Ray
+Train, `ray_rlhf.loops.ppo.run`) with RLOO / GRPO advantages, in its own process.
+
+Run by the runner as `python -m benchmarks.ray_side --spec spec.json`. The spec names the
+model dir, prompt files, workload, algorithm and iteration count; the result JSON holds the
+process start time and every iteration's metrics row (wall-clock `time` at its end and the
+`timing/*` phase split), from which the runner takes setup and per-iteration times.
+"""
+
+from __future__ import annotations
+
+import time
+
+PROCESS_START = time.time()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from benchmarks.settings import THREADS, Workload  # noqa: E402
+
+
+def ppo_overrides(spec: dict) -> list[str]:
+    """Dotted config overrides that make ray_rlhf do the spec's work."""
+    w = Workload(**{k: v for k, v in spec["workload"].items() if k != "completions"})
+    learners = int(spec.get("learners", 1))
+    actors = int(spec.get("rollout_actors", 1))
+    return [
+        f"run.output_dir={spec['out_dir']}",
+        f"run.name={spec['name']}",
+        "run.overwrite=true",
+        f"model.path={spec['model_dir']}",
+        f"data.prompts_path={spec['prompts_path']}",
+        f"data.eval_prompts_path={spec['eval_prompts_path']}",
+        f"data.max_prompt_tokens={w.max_prompt_tokens}",
+        f"data.max_response_tokens={w.tokens}",
+        f"ppo.advantage={spec['algo']}",
+        f"ppo.iterations={spec['iterations']}",
+        f"ppo.prompts_per_iteration={w.prompts}",
+        f"ppo.minibatch_size={w.completions}",  # one optimizer step per iteration
+        f"ppo.micro_batch_size={w.completions // learners}",
+        "ppo.epochs=1",
+        f"ppo.lr={w.lr}",
+        f"ppo.kl.coef={w.beta}",
+        "ppo.eval_every=100000",
+        "ppo.checkpoint_every=100000",
+        f"rollout.n_samples={w.n}",
+        "rollout.ignore_eos=true",
+        f"rollout.num_actors={actors}",
+        f"rollout.cpus_per_actor={THREADS // actors}",
+        f"rollout.kv_cache_mib={w.kv_cache_mib}",
+        f"rollout.sync_transport={spec.get('transport', 'object_store')}",
+        f"learner.num_workers={learners}",
+        f"learner.cpus_per_worker={THREADS // learners}",
+        f"learner.zero_stage={spec.get('zero_stage', 0)}",
+        "learner.max_failures=0",
+        "learner.grad_clip=1.0",
+    ]
+
+
+def run(spec: dict) -> dict:
+    """One PPO run as the spec says; returns the result dict (also written by `main`)."""
+    from ray_rlhf.config import load_config, requested_cpus
+    from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
+    from ray_rlhf.loops import ppo
+    from ray_rlhf.loops.common import prepare_run_dir
+    from ray_rlhf.metrics import read_metrics
+
+    cfg = load_config(None, ppo_overrides(spec))
+    run_dir = prepare_run_dir(cfg)
+    started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
+    try:
+        ppo.run(cfg, run_dir, Path(cfg.model.path))
+    finally:
+        shutdown_ray(started)
+    rows = read_metrics(run_dir / "ppo")
+    return {"process_start": PROCESS_START, "rows": rows, "overrides": ppo_overrides(spec)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--spec", required=True, help="spec JSON written by the runner")
+    parser.add_argument("--result", required=True, help="where to write the result JSON")
+    args = parser.parse_args()
+    result = run(json.loads(Path(args.spec).read_text()))
+    Path(args.result).write_text(json.dumps(result, default=float))
+
+
+if __name__ == "__main__":
+    main()
