@@ -11,12 +11,9 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
-from benchmarks.settings import THREADS, Workload
+from benchmarks.settings import THREADS, Workload, run_spec
 
 
 def run(spec: dict) -> dict:
@@ -80,12 +77,7 @@ def run(spec: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--spec", required=True)
-    parser.add_argument("--result", required=True)
-    args = parser.parse_args()
-    result = run(json.loads(Path(args.spec).read_text()))
-    Path(args.result).write_text(json.dumps(result))
+    run_spec(run, __doc__)
 
 
 if __name__ == "__main__":

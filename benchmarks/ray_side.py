@@ -13,11 +13,9 @@ import time
 
 PROCESS_START = time.time()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.settings import THREADS, Workload  # noqa: E402
+from benchmarks.settings import THREADS, Workload, run_spec  # noqa: E402
 
 
 def ppo_overrides(spec: dict) -> list[str]:
@@ -78,12 +76,7 @@ def run(spec: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--spec", required=True, help="spec JSON written by the runner")
-    parser.add_argument("--result", required=True, help="where to write the result JSON")
-    args = parser.parse_args()
-    result = run(json.loads(Path(args.spec).read_text()))
-    Path(args.result).write_text(json.dumps(result, default=float))
+    run_spec(run, __doc__)
 
 
 if __name__ == "__main__":

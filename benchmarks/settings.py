@@ -8,8 +8,12 @@ decay, constant lr, grad-norm clip 1.0), KL coefficient, fp32, threads.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -84,3 +88,13 @@ def bench_env(threads: int = THREADS) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
     }
     return env
+
+
+def run_spec(run: Callable[[dict], dict], description: str | None) -> None:
+    """Entry point of a benchmark subprocess: `--spec` JSON in, `--result` JSON out."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--spec", required=True, help="spec JSON written by the runner")
+    parser.add_argument("--result", required=True, help="where to write the result JSON")
+    args = parser.parse_args()
+    result = run(json.loads(Path(args.spec).read_text()))
+    Path(args.result).write_text(json.dumps(result, default=float))
