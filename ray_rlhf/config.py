@@ -259,6 +259,8 @@ class PPOConfig:
     """Whiten scores over the batch before advantages."""
     eval_every: int = 5
     """Evaluate on held-out prompts every this many iterations."""
+    eval_at_start: bool = False
+    """Also evaluate the starting policy before the first update (logged as step 0)."""
     checkpoint_every: int = 10
     """Report a resumable checkpoint every this many iterations (and at the end)."""
     kl: KLConfig = field(default_factory=KLConfig)

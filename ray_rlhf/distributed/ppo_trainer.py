@@ -94,8 +94,14 @@ def _toy_metrics(prefix: str, prompts: list[str], responses: list[str], n: int) 
     return {f"{prefix}/{k}": v for k, v in scores.items() if "/" not in k}
 
 
-def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet) -> dict[str, float]:
-    """Rank 0: held-out reward (and toy-world truth) of the current rollout weights."""
+def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet, learner: Any) -> dict:
+    """Rank 0: held-out reward (and toy-world truth) of the current rollout weights.
+
+    Besides the reward after transforms (`eval/<mode>/reward`), the sampled pass logs what
+    the gold-vs-proxy protocol needs (Gao et al. 2022): `eval/sampled/proxy_reward`, the
+    reward model's raw score before any transform, and `eval/sampled/kl_to_ref`, KL(pi ||
+    pi_ref) per sequence estimated from the samples (summed k1 against the frozen reference).
+    """
     out: dict[str, float] = {}
     for mode, n, temp in (("greedy", 1, 0.0), ("sampled", cfg.rollout.n_samples, 1.0)):
         batch = pools["rollout"].generate(
@@ -107,7 +113,11 @@ def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet) -> dict[str, flo
             top_p=1.0,
             seed=cfg.run.seed,
         )
-        out[f"eval/{mode}/reward"] = float(pools["reward"].score(batch).scores.mean())
+        scored = pools["reward"].score(batch)
+        out[f"eval/{mode}/reward"] = float(scored.scores.mean())
+        if mode == "sampled":
+            out["eval/sampled/proxy_reward"] = float(scored.diagnostics["reward/raw"].mean())
+            out["eval/sampled/kl_to_ref"] = float(learner.sequence_kl_to_reference(batch).mean())
         if prompts.toyworld:
             out |= _toy_metrics(f"eval/{mode}", batch.prompts, batch.responses, n)
     return out
@@ -217,6 +227,9 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     else:
         norm = _param_norm(learner.policy_state_dict())
     writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
+    if start == 0 and cfg.ppo.eval_at_start and rank == 0:
+        # The starting policy (usually SFT) under the same evaluation: step 0 of the curves.
+        writer.log(0, _evaluate(cfg, pools, eval_prompts, learner))
     for it in range(start, cfg.ppo.iterations):
         t0 = time.perf_counter()
         _maybe_inject_failure(Path(config["control_path"]), it, rank)
@@ -241,7 +254,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
                 "train/iteration": done,
             }
             if done % cfg.ppo.eval_every == 0 or done == cfg.ppo.iterations:
-                metrics |= _evaluate(cfg, pools, eval_prompts)
+                metrics |= _evaluate(cfg, pools, eval_prompts, learner)
             writer.log(done, metrics)
             _print_progress(done, cfg.ppo.iterations, metrics)
         final = done == cfg.ppo.iterations

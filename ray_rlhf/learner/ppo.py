@@ -24,7 +24,7 @@ from ray_rlhf.learner.engine import (
     save_engine_state,
 )
 from ray_rlhf.models.builders import load_critic, load_policy, score_positions
-from ray_rlhf.types import ScoredBatch
+from ray_rlhf.types import RolloutBatch, ScoredBatch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -132,6 +132,26 @@ class PPOLearner:
         ]
         return torch.cat(out).float()
 
+    @torch.no_grad()
+    def sequence_kl_to_reference(self, batch: RolloutBatch) -> torch.Tensor:
+        """KL(pi || pi_ref) of each sampled sequence, estimated from the sample itself.
+
+        The k1 estimate summed over response tokens: sum_t log pi(y_t) - log pi_ref(y_t),
+        with log pi the sampler's logprobs (the policy that produced the sample) and
+        log pi_ref from the frozen reference. Its mean over samples of pi is KL(pi || pi_ref)
+        per sequence (Gao et al. 2022 plot gold reward against it).
+
+        Args:
+            batch: N sampled rows; `sample_logprobs` (N, T) must come from the policy being
+                measured at temperature 1.
+
+        Returns:
+            (N,) float32 nats per sequence.
+        """
+        mask = batch.response_mask
+        ref_lp = self._logprobs(self.reference, batch.input_ids, batch.attention_mask)
+        return ((batch.sample_logprobs - ref_lp) * mask).sum(dim=1).float()
+
     def make_experience(self, scored: ScoredBatch) -> tuple[Experience, dict[str, float]]:
         """Old / reference logprobs, values, KL-shaped rewards and advantages for a shard.
 
@@ -152,11 +172,11 @@ class PPOLearner:
         returns = values = None
         if ppo.advantage == "gae":
             values = self._values(ids, attn) * mask
-            advantages, returns = algo.compute_gae(shaped, values, mask, ppo.gamma, ppo.lam)
-            advantages = _global_whiten(advantages, mask)
+            raw_adv, returns = algo.compute_gae(shaped, values, mask, ppo.gamma, ppo.lam)
+            advantages = _global_whiten(raw_adv, mask)
         elif ppo.advantage == "reinforce_pp":
-            returns_pp = algo.reinforce_pp_returns(shaped, mask, ppo.gamma)
-            advantages = _global_whiten(returns_pp, mask)
+            raw_adv = algo.reinforce_pp_returns(shaped, mask, ppo.gamma)
+            advantages = _global_whiten(raw_adv, mask)
         else:
             seq = shaped.sum(dim=1)
             group = batch.n_samples
@@ -165,7 +185,7 @@ class PPOLearner:
                 if ppo.advantage == "rloo"
                 else algo.group_normalized_advantages(seq, group)
             )
-            advantages = algo.broadcast_sequence_advantage(seq_adv, mask)
+            advantages = raw_adv = algo.broadcast_sequence_advantage(seq_adv, mask)
         seq_kl = kl.sum(dim=1)
         # Sequence advantage of a row = mean over its response tokens (the scalar itself for
         # group baselines); its variance across each prompt's samples (ALGORITHMS.md §2).
@@ -178,6 +198,10 @@ class PPOLearner:
             "train/logprob_diff": float(lp_diff.sum() / mask.sum().clamp(min=1)),
             "train/logprob_diff_max": float(lp_diff.max()),
             "train/adv_var_within_prompt": float(adv_var),
+            # The same before the batch whitening of gae / reinforce_pp (the signal itself).
+            "train/adv_var_within_prompt_unwhitened": float(
+                within_prompt_variance(algo.masked_mean(raw_adv, mask, dim=1), batch.n_samples)
+            ),
         }
         exp = Experience(ids, attn, mask, old_lp, ref_lp, advantages.float(), returns, values)
         return exp, stats

@@ -348,45 +348,6 @@ def test_failed_samples_are_dropped_and_an_all_failed_prompt_is_reported(tmp_pat
     assert store.baselines == {"p0": 0.5}
 
 
-# --------------------------------------------------------------------------- evidence
-
-
-def test_evidence_summary_and_table():
-    from ray_rlhf.loops.contrastive_evidence import arm_summary, format_tables
-
-    rows = [
-        {
-            "step": i,
-            "reward/raw": 1.0 + i,
-            "rollout/true_reward": 0.5,
-            "rollout/style_rate": 0.1 * i,
-            "train/adv_var_within_prompt": 2.0,
-            **({"eval/sampled/true_reward": 0.4 + 0.1 * i} if i % 2 == 0 else {}),
-        }
-        for i in range(1, 5)
-    ]
-    s = arm_summary(rows, window=2)
-    assert s["gap_first"] == pytest.approx(2.0)  # (1.5 + 2.5) / 2
-    assert s["gap_last"] == pytest.approx(4.0)
-    assert s["eval_true_final"] == pytest.approx(0.8) and s["eval_true_best"] == pytest.approx(0.8)
-    assert s["style_last"] == pytest.approx(0.35) and s["adv_var"] == 2.0
-    other = {k: v + 1.0 for k, v in s.items()}
-    table = format_tables({0: {"raw": s, "contrastive": s}, 1: {"raw": other, "contrastive": s}}, 2)
-    assert "| raw | 1.300 ± 0.707 |" in table  # eval_true_final over seeds: 0.8, 1.8
-    assert "| 1 | raw | 1.800 |" in table
-
-
-def test_evidence_config_reads_the_committed_yaml():
-    from ray_rlhf.loops.contrastive_evidence import load_evidence_config
-
-    root = Path(__file__).resolve().parents[2]
-    evidence, cfg = load_evidence_config(root / "jobs/configs/contrastive_evidence.yaml", [])
-    assert evidence.seeds == (0, 1, 2)
-    assert cfg.ppo.advantage == "gae" and cfg.contrastive.k == 4
-    with pytest.raises(ConfigError, match=r"evidence\.seeds: give at least one seed"):
-        load_evidence_config(root / "jobs/configs/contrastive_evidence.yaml", ["evidence.seeds=[]"])
-
-
 def test_ppo_checks_the_baseline_file_before_any_actor_starts(tmp_path):
     from types import SimpleNamespace
 

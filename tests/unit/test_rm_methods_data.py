@@ -105,36 +105,3 @@ def test_restyle_puts_the_style_token_on_one_response_by_quality():
     assert never_worse == ("1 2 3 !", "1 3 3")
     prompt = "sort 3 1 2 ="
     assert [true_reward(prompt, y) for y in always_worse] == [1.0, pytest.approx(2 / 3)]
-
-
-def test_evidence_arms_set_noise_bias_and_loss():
-    from ray_rlhf.loops.rm_evidence import Arm, RMEvidenceConfig, arm_config, build_arms
-
-    base = load_config(None, ["data.toyworld.shifted_style_on_worse=0.8"])
-    ev = RMEvidenceConfig()
-    ensemble, strength, decomposition = build_arms(ev, members=4)
-    assert (len(ensemble), len(strength), len(decomposition)) == (24, 30, 12)
-    cfg = arm_config(base, ev, Arm("strength", "smooth_negative_margin", 0.3, 2))
-    toy = cfg.data.toyworld
-    assert (toy.seed, toy.label_noise, toy.annotator_bias, toy.shifted_bias) == (2, 0.3, 0, 0)
-    assert (cfg.rm.loss, cfg.rm.label_smoothing, cfg.rm.prioritized) == (
-        "smooth_negative_margin",
-        0.1,
-        False,
-    )
-    cfg = arm_config(base, ev, Arm("decomposition", "prioritized", 0.3, 1))
-    toy = cfg.data.toyworld
-    assert (toy.label_noise, toy.annotator_bias, toy.shifted_bias) == (0.05, 0.3, -0.3)
-    assert toy.shifted_style_on_worse == 0.8 and cfg.rm.prioritized and cfg.rm.loss == "plain"
-    member = arm_config(base, ev, Arm("ensemble", "member3", 0.3, 0))
-    assert member.rm.loss == "plain" and member.data.toyworld.label_noise == 0.3
-
-
-def test_truth_accuracy_skips_ties():
-    from ray_rlhf.loops.rm_evidence import truth_accuracy
-
-    data = Dataset.from_dict(
-        {"chosen_true_reward": [1.0, 0.2, 0.5, 0.4], "rejected_true_reward": [0.0, 0.9, 0.5, 0.1]}
-    )
-    # Pair 2 is a tie; pairs 0 and 1 are right, pair 3 is wrong.
-    assert truth_accuracy(torch.tensor([1.0, -2.0, 5.0, -0.1]), data) == pytest.approx(2 / 3)

@@ -1,0 +1,220 @@
+"""One seeds x arms runner for reward-method experiments under the gold-vs-proxy protocol.
+
+An experiment is one YAML file (`experiments/configs/<name>.yaml`):
+
+    experiment:        ExperimentConfig (seeds, KL budgets, where shared stages live)
+    arms:              arm name -> dotted overrides on top of the shared sections
+    run: / model: / data: / sft: / rm: / ppo: / ...   the usual RLHFConfig sections
+
+For every seed (which sets `run.seed`, the tiny model's init and the toy world's seed) and
+every arm, the runner builds the arm's config, gets the shared stages it needs (SFT policy,
+the proxy RM its `rm` / `data.toyworld` settings describe, contrastive baselines when
+`contrastive.enabled`; see `stages.py`), and runs PPO from the SFT policy under that RM
+with an evaluation before the first update (`ppo.eval_at_start`). Each (arm, seed) run dir
+gets `DONE.json` when it finishes, so a rerun resumes with the first unfinished pair.
+The proxy RM of every arm is also scored against the truth on held-out pairs
+(`rm_accuracy`). The report (`report.py`) is written from the finished runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ray_rlhf.config import RLHFConfig, dump_config
+from ray_rlhf.typed_config import ConfigError, build, check, merge, parse_override, set_dotted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What an experiment repeats and how it is summarized (section `experiment`)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds; each sets run.seed, model.tiny.seed and data.toyworld.seed."""
+    kl_budgets: tuple[float, ...] = (1.0, 2.0, 4.0)
+    """KL(pi || pi_SFT) per sequence (nats) at which the true reward is interpolated."""
+    shared_dir: str = "runs/experiments/shared"
+    """Where content-addressed stages (SFT policies, RMs, baselines) are kept and reused."""
+    title: str = ""
+    """Heading of the report."""
+    testbed: str | None = None
+    """Name of a config in experiments/configs/ whose sections (not its experiment / arms)
+    lie under this file's: method comparisons share the calibrated testbed this way."""
+
+    def __post_init__(self) -> None:
+        check(len(self.seeds) > 0, "seeds", "give at least one seed")
+        check(all(b > 0 for b in self.kl_budgets), "kl_budgets", "must be > 0")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A loaded experiment: its settings, shared config, arms and the config file's hash."""
+
+    name: str
+    settings: ExperimentConfig
+    base: RLHFConfig
+    arms: dict[str, list[str]]
+    config_sha256: str
+    """sha256 of the YAML file's bytes (the committed settings)."""
+    overrides: tuple[str, ...] = ()
+    """Command-line overrides on top of the file (reported; empty for evidence runs)."""
+    testbed_sha256: str | None = None
+    """sha256 of the testbed config this experiment builds on (`experiment.testbed`)."""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.base.run.run_dir
+
+
+def load_experiment(name: str, path: str | Path, overrides: list[str]) -> Experiment:
+    """Read an experiment YAML (+ `section.key=value` overrides) and validate every arm.
+
+    Raises:
+        ConfigError: Naming the file, arm or dotted key that is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment config {path}: not found")
+    text = path.read_text()
+    tree = yaml.safe_load(text) or {}
+    for item in overrides:
+        set_dotted(tree, *parse_override(item))
+    settings = build(ExperimentConfig, tree.pop("experiment", {}) or {}, "experiment")
+    raw_arms = tree.pop("arms", None)
+    testbed_sha = None
+    if settings.testbed is not None:
+        testbed_file = path.parent / f"{settings.testbed}.yaml"
+        check(testbed_file.is_file(), "experiment.testbed", f"{testbed_file} not found")
+        under = yaml.safe_load(testbed_file.read_text()) or {}
+        under.pop("experiment", None), under.pop("arms", None)
+        under.get("run", {}).pop("name", None)
+        tree = merge(under, tree)
+        testbed_sha = hashlib.sha256(testbed_file.read_bytes()).hexdigest()
+    check(isinstance(raw_arms, dict) and raw_arms, "arms", "give a mapping arm -> overrides")
+    tree.setdefault("run", {}).setdefault("name", name)
+    tree["run"].setdefault("output_dir", "runs/experiments")
+    base = build(RLHFConfig, merge({}, tree), "")
+    arms = {}
+    for arm, changes in raw_arms.items():
+        check(isinstance(changes, dict | None), f"arms.{arm}", "must be a mapping of overrides")
+        arms[str(arm)] = [f"{k}={json.dumps(v)}" for k, v in (changes or {}).items()]
+        try:
+            arm_config(base, arms[str(arm)], settings.seeds[0])
+        except ConfigError as exc:
+            raise ConfigError(f"arms.{arm}: {exc}") from None
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Experiment(name, settings, base, arms, sha, tuple(overrides), testbed_sha)
+
+
+def arm_config(base: RLHFConfig, overrides: list[str], seed: int) -> RLHFConfig:
+    """The full config of one (arm, seed): the arm's overrides, then the seed everywhere."""
+    from ray_rlhf.typed_config import to_dict
+
+    tree = to_dict(base)
+    for item in overrides:
+        set_dotted(tree, *parse_override(item))
+    tree["run"]["seed"] = seed
+    tree["model"]["tiny"]["seed"] = seed
+    tree["data"]["toyworld"]["seed"] = seed
+    tree["ppo"]["eval_at_start"] = True
+    return build(RLHFConfig, tree, "")
+
+
+def rm_accuracy(reward_model: Path, cfg: RLHFConfig) -> dict[str, float]:
+    """Accuracy of the RM against the toy world's truth on held-out pairs, ties skipped.
+
+    Returns:
+        `rm_acc_all` and `rm_acc_same_style` (pairs whose two responses agree on the style
+        token) on pref_test (in distribution), and `rm_acc_shifted` on pref_shifted.
+    """
+    import torch
+
+    from ray_rlhf.data.toyworld import build_splits
+    from ray_rlhf.reward.scorer import ModelSource
+
+    source = ModelSource(str(reward_model), policy_dir=None, trust_remote_code=False,
+                         threads=torch.get_num_threads())
+    splits = build_splits(cfg.data.toyworld)
+    out = {}
+    for name, ds in (("", splits.pref_test), ("_shifted", splits.pref_shifted)):
+        done = [True] * ds.num_rows
+        margin = (source.score_texts(ds["prompt"], ds["chosen"], done)
+                  - source.score_texts(ds["prompt"], ds["rejected"], done))
+        truth = torch.tensor(ds["chosen_true_reward"]) - torch.tensor(ds["rejected_true_reward"])
+        same = torch.tensor(ds["chosen_style"]) == torch.tensor(ds["rejected_style"])
+        right = (margin > 0) == (truth > 0)
+        keep = truth != 0
+        out[f"rm_acc{name or '_all'}"] = float(right[keep].float().mean())
+        if not name:
+            out["rm_acc_same_style"] = float(right[keep & same].float().mean())
+    return out
+
+
+def run_pair(exp: Experiment, stages: Any, arm: str, seed: int) -> Path:
+    """PPO of one (arm, seed) with its stages; returns the run dir (skipped when done)."""
+    from experiments.stages import stage_key
+    from ray_rlhf.loops import ppo
+    from ray_rlhf.loops.common import mark_done
+    from ray_rlhf.typed_config import to_dict
+
+    out = exp.run_dir / f"seed{seed}" / arm
+    if (out / "DONE.json").exists():
+        return out
+    start = time.perf_counter()
+    cfg = arm_config(exp.base, exp.arms[arm], seed)
+    policy = stages.sft_policy(cfg)
+    reward_model = stages.reward_model(cfg, policy)
+    shifted = {k: v for k, v in to_dict(cfg.data.toyworld).items() if k.startswith("shifted_")}
+    accuracy_file = reward_model.parent / f"truth_accuracy_{stage_key(shifted)}.json"
+    if not accuracy_file.exists():
+        accuracy_file.write_text(json.dumps(rm_accuracy(reward_model, cfg)))
+    reward = {"kind": "model", "model_path": str(reward_model)}
+    cfg = dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, **reward))
+    if cfg.contrastive.enabled:
+        path = stages.baselines(cfg, policy, reward_model)
+        contrastive = dataclasses.replace(cfg.contrastive, baselines_path=str(path))
+        cfg = dataclasses.replace(cfg, contrastive=contrastive)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    log.info("arm %s seed %d: PPO -> %s", arm, seed, out)
+    result = ppo.run(cfg, out, policy)
+    mark_done(out, {"ppo_seconds": result.seconds, "seconds": time.perf_counter() - start,
+                    "reward_model": str(reward_model),
+                    "policy": str(policy), **json.loads(accuracy_file.read_text())})
+    return out
+
+
+def run_experiment(exp: Experiment) -> dict[str, Any]:
+    """Every (arm, seed) not yet done, then the report; returns the report's numbers."""
+    from experiments.report import write_report
+    from experiments.stages import Stages
+    from ray_rlhf.config import requested_cpus
+    from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
+
+    start = time.perf_counter()
+    exp.run_dir.mkdir(parents=True, exist_ok=True)
+    (exp.run_dir / "config_sha256.txt").write_text(exp.config_sha256 + "\n")
+    stages = Stages(Path(exp.settings.shared_dir))
+    pending = [(a, s) for s in exp.settings.seeds for a in exp.arms
+               if not (exp.run_dir / f"seed{s}" / a / "DONE.json").exists()]
+    if pending:
+        started = init_ray(exp.base.resources, min_cpus=requested_cpus(exp.base))
+        try:
+            for i, (arm, seed) in enumerate(pending, 1):
+                t0 = time.perf_counter()
+                run_pair(exp, stages, arm, seed)
+                log.info("[%d/%d] %s seed %d done in %.0f s", i, len(pending), arm, seed,
+                         time.perf_counter() - t0)
+        finally:
+            shutdown_ray(started)
+    return write_report(exp, time.perf_counter() - start)

@@ -1,0 +1,130 @@
+"""Content-addressed stages shared by every experiment: SFT policy, proxy reward model,
+strength-annotated pairs and contrastive baselines of one seed.
+
+A stage's directory is named by the hash of exactly the config fields that decide its
+output, under `experiment.shared_dir`. So the testbed and every method comparison that
+use the same SFT settings and seed train that SFT policy once, an arm whose RM settings
+equal the vanilla arm's reuses the vanilla RM, and a stopped experiment resumes at the
+first stage without a `DONE.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray_rlhf.config import RLHFConfig, dump_config
+from ray_rlhf.typed_config import to_dict
+
+log = logging.getLogger(__name__)
+
+_SFT_TOY_FIELDS = ("seed", "domains", "min_len", "max_len", "style_token", "n_sft")
+
+
+def stage_key(parts: dict[str, Any]) -> str:
+    """12 hex digits of the sha256 of `parts` as canonical JSON."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def sft_parts(cfg: RLHFConfig) -> dict[str, Any]:
+    """The fields that decide the SFT policy: model, SFT, learners, the toy SFT split."""
+    toy = to_dict(cfg.data.toyworld)
+    toy = {k: v for k, v in toy.items() if k in _SFT_TOY_FIELDS or k.startswith("sft_")}
+    data = {"max_prompt_tokens": cfg.data.max_prompt_tokens,
+            "max_response_tokens": cfg.data.max_response_tokens, "toyworld": toy}
+    return {"model": to_dict(cfg.model), "sft": to_dict(cfg.sft),
+            "learner": to_dict(cfg.learner), "data": data, "run_seed": cfg.run.seed}
+
+
+def rm_parts(cfg: RLHFConfig) -> dict[str, Any]:
+    """The fields that decide the proxy RM: its SFT start, the pairs it trains on (not the
+    shifted test split's), the RM section (and the segmentation, which a per-position RM
+    trains on)."""
+    toy = {k: v for k, v in to_dict(cfg.data.toyworld).items() if not k.startswith("shifted_")}
+    parts = {"sft": sft_parts(cfg), "toyworld": toy,
+             "preferences_path": cfg.data.preferences_path, "rm": to_dict(cfg.rm)}
+    if cfg.rm.head == "per_position":
+        parts["segment"] = to_dict(cfg.segment)
+    return parts
+
+
+class Stages:
+    """Runs or reuses the shared stages of one seed. Ray must be initialized."""
+
+    def __init__(self, shared_dir: Path) -> None:
+        self.shared_dir = shared_dir
+
+    def _dir(self, kind: str, parts: dict[str, Any]) -> Path:
+        out = self.shared_dir / kind / stage_key(parts)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True, default=str))
+        return out
+
+    def sft_policy(self, cfg: RLHFConfig) -> Path:
+        """The SFT policy of `cfg` (trained from a fresh tiny model on the toy SFT split)."""
+        from ray_rlhf.loops import sft
+        from ray_rlhf.loops.common import mark_done
+
+        out = self._dir("sft", sft_parts(cfg))
+        if not (out / "DONE.json").exists():
+            log.info("stage sft -> %s", out)
+            dump_config(cfg, out / "config.yaml")
+            result = sft.run(cfg, out)
+            mark_done(out, {"policy_dir": str(result.policy_dir), "seconds": result.seconds})
+        return out / "policy"
+
+    def strength_pairs(self, cfg: RLHFConfig, policy: Path) -> Path:
+        """The toy preference pairs annotated with the ensemble's strength (M reward models
+        trained from `policy`; Secrets of RLHF II section 3a)."""
+        from ray_rlhf.loops import strength
+        from ray_rlhf.loops.common import mark_done
+
+        plain = dataclasses.replace(cfg, rm=dataclasses.replace(cfg.rm, loss="plain"))
+        out = self._dir("strength", rm_parts(plain))
+        if not (out / "DONE.json").exists():
+            log.info("stage strength -> %s", out)
+            dump_config(plain, out / "config.yaml")
+            summary = strength.annotate(plain, out, policy)
+            mark_done(out, {"path": summary["output"], **summary})
+        return Path(json.loads((out / "DONE.json").read_text())["path"])
+
+    def reward_model(self, cfg: RLHFConfig, policy: Path) -> Path:
+        """The proxy RM of `cfg`, initialized from `policy` (the SFT policy)."""
+        from ray_rlhf.loops import rm
+        from ray_rlhf.loops.common import mark_done
+
+        if cfg.rm.uses_strength and cfg.data.preferences_path is None:
+            pairs = self.strength_pairs(cfg, policy)
+            cfg = dataclasses.replace(
+                cfg, data=dataclasses.replace(cfg.data, preferences_path=str(pairs))
+            )
+        out = self._dir("rm", rm_parts(cfg))
+        if not (out / "DONE.json").exists():
+            log.info("stage rm -> %s", out)
+            dump_config(cfg, out / "config.yaml")
+            result = rm.run(cfg, out, policy)
+            mark_done(out, {"eval_accuracy": result.eval_accuracy, "seconds": result.seconds})
+        return out / "reward_model"
+
+    def baselines(self, cfg: RLHFConfig, policy: Path, reward_model: Path) -> Path:
+        """Offline contrastive baselines: k SFT samples per prompt scored by the RM."""
+        from ray_rlhf.loops import baselines
+        from ray_rlhf.loops.common import mark_done
+
+        parts = {"rm": str(reward_model), "policy": str(policy),
+                 "contrastive": to_dict(cfg.contrastive), "toyworld": to_dict(cfg.data.toyworld),
+                 "rollout": to_dict(cfg.rollout), "run_seed": cfg.run.seed}
+        parts["contrastive"].pop("enabled")
+        parts["contrastive"].pop("baselines_path")
+        out = self._dir("baselines", parts)
+        if not (out / "DONE.json").exists():
+            log.info("stage baselines -> %s", out)
+            dump_config(cfg, out / "config.yaml")
+            result = baselines.run(cfg, out, policy)
+            mark_done(out, {"path": str(result.path)})
+        return Path(json.loads((out / "DONE.json").read_text())["path"])

@@ -1,0 +1,83 @@
+"""The experiment protocol's pure parts: gold-vs-proxy summaries, loading, conditions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from experiments.protocol import arm_config, load_experiment
+from experiments.summary import eval_points, summarize_arm, value_at_kl
+from ray_rlhf.typed_config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _row(step, true, proxy, kl, style):
+    return {"step": step, "eval/sampled/true_reward": true, "eval/sampled/proxy_reward": proxy,
+            "eval/sampled/kl_to_ref": kl, "eval/sampled/style_rate": style}
+
+
+CURVE = [_row(0, 0.50, -1.0, 0.0, 0.2), {"step": 1, "reward/mean": 3.0},
+         _row(3, 0.60, 0.0, 1.5, 0.3), _row(6, 0.70, 1.0, 2.5, 0.4),
+         _row(9, 0.55, 2.0, 5.0, 0.8)]
+
+
+def test_value_at_kl_interpolates_on_the_first_crossing():
+    points = eval_points(CURVE)
+    assert value_at_kl(points, 1.0) == pytest.approx(0.50 + (1.0 / 1.5) * 0.10)
+    assert value_at_kl(points, 2.0) == pytest.approx(0.65)
+    assert value_at_kl(points, 4.0) == pytest.approx(0.70 + (1.5 / 2.5) * -0.15)
+    assert value_at_kl(points, 6.0) is None
+
+
+def test_eval_points_keep_one_row_per_step_the_last_logged():
+    rows = [*CURVE, _row(3, 0.99, 0.0, 1.5, 0.3)]  # a resumed run logged step 3 again
+    points = eval_points(rows)
+    assert [p["step"] for p in points] == [0, 3, 6, 9]
+    assert points[1]["true"] == 0.99
+
+
+def test_summarize_arm_peak_final_and_budgets():
+    s = summarize_arm(CURVE, (1.0, 2.0))
+    assert (s["sft_true"], s["peak_true"], s["peak_iter"], s["final_true"]) == (
+        0.50, 0.70, 6, 0.55)
+    assert s["final_style_rate"] == 0.8 and s["final_proxy"] == 2.0
+    assert s["true_at_kl"]["2"] == pytest.approx(0.65)
+
+
+def test_summarize_arm_needs_the_start_measured():
+    with pytest.raises(ValueError, match="evaluation at step 0"):
+        summarize_arm(CURVE[2:], (1.0,))
+
+
+def test_load_experiment_seeds_every_arm(tmp_path):
+    exp = load_experiment("testbed", ROOT / "experiments/configs/testbed.yaml", [])
+    cfg = arm_config(exp.base, exp.arms["vanilla_long"], 7)
+    assert (cfg.run.seed, cfg.model.tiny.seed, cfg.data.toyworld.seed) == (7, 7, 7)
+    assert cfg.ppo.eval_at_start and cfg.ppo.iterations == 120
+    assert exp.run_dir == Path("runs/experiments/testbed")
+    assert len(exp.config_sha256) == 64
+
+
+def test_load_experiment_names_a_bad_arm_key(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("arms:\n  a: {ppo.itrations: 3}\n")
+    with pytest.raises(ConfigError, match=r"arms\.a: ppo\.itrations: unknown key"):
+        load_experiment("x", path, [])
+
+
+def test_testbed_conditions_per_seed():
+    from experiments.testbed import conditions
+
+    long_ok = [{"step": 0, "true": .5, "proxy": 0, "style": .2},
+               {"step": 9, "true": .7, "proxy": 1, "style": .3},
+               {"step": 20, "true": .6, "proxy": 2, "style": .9}]
+    long_bad = [{"step": 0, "true": .5, "proxy": 0, "style": .2},
+                {"step": 20, "true": .7, "proxy": 2, "style": .9}]  # still at its peak
+    data = {"arms": {
+        "vanilla": {"seeds": [0, 1], "rm_acc_same_style": [0.81, 0.79],
+                    "peak_true": [0.60, 0.60], "sft_true": [0.54, 0.56]},
+        "vanilla_long": {"seeds": [0, 1], "curves": [long_ok, long_bad]},
+    }}
+    assert conditions(data) == {"i": [True, False], "ii": [True, False], "iii": [True, False]}
