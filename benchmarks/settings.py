@@ -50,7 +50,7 @@ class Workload:
 
 
 WORKLOADS: dict[str, Workload] = {
-    # STACK.md "TRL on this machine": TRL GRPO ~0.39 s/step at 16 x 4 x 32 tokens.
+    # TRL GRPO measured ~0.39 s/step at 16 x 4 x 32 tokens on 2 cores (docs/benchmarks.md).
     "tiny": Workload("tiny", prompts=16, n=4, tokens=32, max_prompt_tokens=32, rm_pairs=64),
     # ~18-19 s per 4 x 4 x 32-token TRL GRPO step here (fp32 forward/backward dominates).
     "smollm2": Workload(
