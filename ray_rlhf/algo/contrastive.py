@@ -1,7 +1,7 @@
 """Contrastive rewards (pure torch).
 
 Shen, Zhang, Yao, Zheng, Guo, Liu, "Improving Reinforcement Learning from Human Feedback
-Using Contrastive Rewards", arXiv 2403.07708 (ALGORITHMS.md §2). Offline, every RL prompt x
+Using Contrastive Rewards", arXiv 2403.07708 (docs/algorithms.md §2). Offline, every RL prompt x
 gets k responses y_j ~ π_SFT(· | x) scored once by the frozen reward model; in PPO the
 reward of a sampled response is
 

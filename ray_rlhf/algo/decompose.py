@@ -1,7 +1,7 @@
 """Prompt-free / prompt-related reward decomposition and prioritized pair weights.
 
 Mao et al. 2025, "Information-Theoretic Reward Decomposition for Generalizable RLHF"
-(arXiv 2504.06020); ALGORITHMS.md section 1. ``r(x, y) = r1(x, y) + r2(y)``: the prompt-free
+(arXiv 2504.06020); docs/algorithms.md §1. ``r(x, y) = r1(x, y) + r2(y)``: the prompt-free
 gap ``dr2`` is the preference the reward model expresses for a pair averaged over the
 prompts the pair could have come with, and ``dr1 = dr - dr2`` is the prompt-related rest.
 
@@ -49,8 +49,8 @@ def cross_prompt_gaps(
     """Prompt-free gap of each pair from its scores under alternative prompts.
 
     ``p_bar_i = sum_m w_im sigma(gaps_im)`` estimates ``E_{x' ~ P(X | y1, y2)}
-    sigma(dr(x', y1, y2))`` and ``dr2_i = logit(p_bar_i)`` (Mao et al. 2025, section 1 of
-    ALGORITHMS.md, the direct estimate; :func:`prompt_free_gap_bisection` is the option).
+    sigma(dr(x', y1, y2))`` and ``dr2_i = logit(p_bar_i)`` (Mao et al. 2025,
+    docs/algorithms.md §1: the direct estimate; :func:`prompt_free_gap_bisection` is the option).
 
     Args:
         gaps: ``dr(x'_m, y1_i, y2_i)`` ``(P, M)``: pair ``i`` scored under prompt ``m``.
@@ -87,8 +87,8 @@ def prompt_free_gap_bisection(
 ) -> Tensor:
     """Prompt-free gap by a 1-D binary search, the option to :func:`cross_prompt_gaps`.
 
-    OPEN: ALGORITHMS.md (section 1) does not state the paper's mutual-information
-    condition exactly, so this solves, per pair, for the shift ``d`` with
+    OPEN: the paper's mutual-information condition is not reproduced exactly
+    (docs/algorithms.md §1), so this solves, per pair, for the shift ``d`` with
     ``sum_m w_im sigma(gaps_im - d) = 1/2``: the prompt-free part that, once removed,
     leaves a preference that is prompt-neutral on average over the alternative prompts.
     The left side decreases in ``d`` and equals >= 1/2 at ``min_m gaps_im`` and <= 1/2 at
@@ -123,7 +123,7 @@ def in_batch_alternative_indices(
 
     Uniform over the ``num_prompts - 1`` other prompts, with replacement (so ``m`` may
     exceed ``num_prompts - 1``); never the pair's own prompt. Pair ``i`` belongs to prompt
-    ``i``. This is the simple default of Mao et al. 2025 (ALGORITHMS.md section 1).
+    ``i``. This is the simple default of Mao et al. 2025 (docs/algorithms.md §1).
 
     Args:
         num_prompts: ``P``, the number of prompts (= pairs) in the batch, at least 2.
@@ -154,7 +154,7 @@ def prioritized_weights(
     """Stop-gradient pair weights that favour pairs the prompt-free part does not explain.
 
     ``w = alpha * softmax(-s / tau) + (1 - alpha) / P`` with ``s = dr2 * direction``, the
-    signed prompt-free gap toward the label (Mao et al. 2025, ALGORITHMS.md section 1;
+    signed prompt-free gap toward the label (Mao et al. 2025, docs/algorithms.md §1;
     OPEN weight function, this is the documented default). ``alpha = 1`` is the pure
     softmax, ``alpha = 0`` uniform weights: ``alpha`` is the share of the prioritization.
     The prioritized loss is ``bradley_terry_loss(chosen, rejected, weights=w)``.

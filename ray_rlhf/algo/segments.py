@@ -1,7 +1,7 @@
 """Segment-level rewards: entropy segmentation, location-aware normalizer, densification.
 
 Yin et al. 2025, "Segmenting Text and Learning Their Rewards for Improved RLHF in Language
-Model", arXiv 2501.02790 (ALGORITHMS.md section 5). A response is cut into segments where the
+Model", arXiv 2501.02790 (docs/algorithms.md §5). A response is cut into segments where the
 reference model is uncertain about the next token (entropy above a threshold c); a reward
 model with a value at every position gives each segment the value at its last token; the
 sequence score is the mean of the segment rewards; for PPO each segment reward is
@@ -37,7 +37,7 @@ class LocationNormalizer(NamedTuple):
     """μ(p) = mu_slope·log p + mu_intercept and σ(p) = sigma_slope·log p + sigma_intercept.
 
     p = k / K is the normalized position of the k-th of K segments (Yin et al. 2025;
-    ALGORITHMS.md §5).
+    docs/algorithms.md §5).
     """
 
     mu_slope: float
@@ -97,7 +97,7 @@ def segment_positions(ends: Tensor) -> Tensor:
 def segment_mean_scores(values: Tensor, ends: Tensor) -> Tensor:
     """Sequence score S(y) = mean of the segment rewards (values at segment ends).
 
-    Yin et al. 2025 (ALGORITHMS.md §5): the Bradley-Terry loss is applied to this mean.
+    Yin et al. 2025 (docs/algorithms.md §5): the Bradley-Terry loss is applied to this mean.
 
     Args:
         values: (N, T) per-position reward-model values (differentiable).
@@ -177,7 +177,7 @@ def binned_robust_scale(x: Tensor, r: Tensor, bins: int) -> tuple[Tensor, Tensor
 def fit_location_normalizer(
     rewards: Tensor, positions: Tensor, epsilon: float = HUBER_EPSILON, bins: int = 10
 ) -> LocationNormalizer:
-    """Fits μ(p) and σ(p) as a·log p + b by Huber regression (Yin et al. 2025; ALGORITHMS.md §5).
+    """Fits μ(p), σ(p) as a·log p + b by Huber regression (Yin et al. 2025; docs/algorithms.md §5).
 
     μ: Huber fit of the segment rewards on log p. σ: OPEN in the paper beyond "Huber
     regression". Here the residuals r - μ(p) are cut into `bins` equal-count bins of log p,
@@ -206,7 +206,7 @@ def fit_location_normalizer(
 def normalize_segment_rewards(
     values: Tensor, ends: Tensor, normalizer: LocationNormalizer, min_std: float
 ) -> Tensor:
-    """r̂_k = (r_k - μ(p_k)) / σ(p_k) at every segment end (Yin et al. 2025; ALGORITHMS.md §5).
+    """r̂_k = (r_k - μ(p_k)) / σ(p_k) at every segment end (Yin et al. 2025; docs/algorithms.md §5).
 
     Args:
         values: (N, T) per-position reward-model values; r_k is the value at end k.
@@ -226,7 +226,7 @@ def normalize_segment_rewards(
 def densify_segment_rewards(segment_rewards: Tensor, ends: Tensor, response_mask: Tensor) -> Tensor:
     """Spreads each segment reward evenly over its tokens: r̂_k / |segment k| per token.
 
-    Yin et al. 2025 (ALGORITHMS.md §5). Tokens of a segment sum back to its reward; tokens
+    Yin et al. 2025 (docs/algorithms.md §5). Tokens of a segment sum back to its reward; tokens
     outside every segment (prompt, padding, the EOS of a finished row, anything after EOS)
     get 0.
 

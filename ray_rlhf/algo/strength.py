@@ -1,7 +1,7 @@
 """Preference strength from an ensemble of reward models, and the losses built on it.
 
 Wang et al. 2024, "Secrets of RLHF in Large Language Models Part II: Reward Modeling"
-(arXiv 2401.06080); ALGORITHMS.md sections 3a-3b. The math of every loss lives in
+(arXiv 2401.06080); docs/algorithms.md §3a-3b. The math of every loss lives in
 :func:`ray_rlhf.algo.rm_loss.bradley_terry_loss`; this module only derives its per-pair
 margin, label smoothing and label flips from the strength ``mu``.
 
@@ -21,7 +21,7 @@ StrengthVariant = Literal[
 
 
 class StrengthStats(NamedTuple):
-    """Preference strength of each pair (Wang et al. 2024, section 3a of ALGORITHMS.md).
+    """Preference strength of each pair (Wang et al. 2024, docs/algorithms.md §3a).
 
     Attributes:
         mean: Strength ``mu`` ``(P,)``, the mean margin over the reward models.
@@ -51,7 +51,7 @@ def preference_strength(margins: Tensor) -> StrengthStats:
     """Mean and spread of each pair's margin over an ensemble of reward models.
 
     ``mu_i = mean_m d_im`` and ``s_i = std_m d_im`` (Wang et al. 2024, arXiv 2401.06080,
-    section 3.1; ALGORITHMS.md 3a). ``s`` is the sample standard deviation (Bessel's
+    section 3.1; docs/algorithms.md §3a). ``s`` is the sample standard deviation (Bessel's
     correction) for ``M >= 2``; with a single model (``M = 1``) it is 0, not NaN.
 
     Args:
@@ -69,7 +69,7 @@ def flip_mask(mu: Tensor, mode: FlipMode, fraction: float = 0.1) -> Tensor:
 
     ``"negative"``: pairs with ``mu < 0`` (``mu = 0`` is kept). ``"bottom_fraction"``: the
     ``floor(fraction * P)`` pairs with the lowest ``mu`` (Wang et al. 2024, section 3.2;
-    ALGORITHMS.md 3b), so at most that share is flipped and a small batch may flip none.
+    docs/algorithms.md §3b), so at most that share is flipped and a small batch may flip none.
     Ties at the cut go to the lower index (stable sort).
 
     Args:
@@ -118,7 +118,7 @@ def strength_loss_terms(
 ) -> StrengthLossTerms:
     """Margin, label smoothing and flips for the paper's strength-based losses.
 
-    Wang et al. 2024 (arXiv 2401.06080, section 3.2; ALGORITHMS.md 3b). Feed the result as
+    Wang et al. 2024 (arXiv 2401.06080, section 3.2; docs/algorithms.md §3b). Feed the result as
     ``bradley_terry_loss(*apply_flip(chosen, rejected, t.flip), margin=t.margin,
     label_smoothing=t.label_smoothing)``.
 

@@ -49,7 +49,7 @@ def join_prompts_and_responses(
     """New rows made of one row's prompt tokens followed by another row's response tokens.
 
     Used to score a response under another prompt, e.g. a preference pair under other
-    in-batch prompts for its prompt-free gap (Mao et al. 2025, ALGORITHMS.md section 1).
+    in-batch prompts for its prompt-free gap (Mao et al. 2025, docs/algorithms.md §1).
     A row's prompt is its real tokens outside the response; its response is the tokens
     under `response_mask` (EOS included when it was there).
 

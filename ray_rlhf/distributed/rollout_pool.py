@@ -3,7 +3,7 @@
 `RolloutActor` is the actor body (a RolloutWorker plus the receiving ends of both weight
 transports); `RolloutPool` owns the actors from the process that drives them.
 
-Failure handling (DESIGN.md "Failure behaviour"): actors are created with
+Failure handling: actors are created with
 `max_restarts=cfg.max_restarts`. When a generate share fails with `RayActorError`, the pool
 waits for the restarted actor, re-sends the current weights (through the object store,
 whatever the transport) and re-issues that share only; shares that succeeded are kept, so

@@ -32,7 +32,7 @@ _PROPAGATED = (
 def worker_env_vars() -> dict[str, str]:
     """Environment passed to every Ray worker via `runtime_env`.
 
-    OpenMP spin-waiting makes processes that share 2 cores 10-80x slower (STACK.md,
+    OpenMP spin-waiting makes processes that share 2 cores 10-80x slower (docs/cpu_stack.md,
     "Threads"), so the wait policy defaults to PASSIVE; thread counts are set per actor.
     """
     env = {k: os.environ[k] for k in _PROPAGATED if k in os.environ}

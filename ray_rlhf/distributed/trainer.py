@@ -71,7 +71,7 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
 
 
 def setup_worker(cfg: RLHFConfig) -> tuple[int, int]:
-    """Start of every learner loop: thread count = the CPUs the worker requested (STACK.md
+    """Start of every learner loop: thread count = the CPUs the worker requested (docs/cpu_stack.md
     "Threads"), seeded torch; returns (rank, world size)."""
     torch.set_num_threads(cfg.learner.cpus_per_worker)
     torch.manual_seed(cfg.run.seed)

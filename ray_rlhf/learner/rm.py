@@ -53,7 +53,7 @@ def sequence_scores(
             values at the segment ends (a segment / token-level reward model; Yin et al.
             2025, arXiv 2501.02790).
         segment_ends: (N, T) bool, True at the last token of each response segment
-            (ALGORITHMS.md §5); required by "per_position".
+            (docs/algorithms.md §5); required by "per_position".
 
     Returns:
         (N,) scores.
@@ -155,7 +155,7 @@ class RMLearner(SingleEngineLearner):
     def prompt_free_gaps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each pair's prompt-free gap dr2 from scoring it under other in-batch prompts.
 
-        Mao et al. 2025 (ALGORITHMS.md section 1): `rm.prompt_free_prompts` other prompts of
+        Mao et al. 2025 (docs/algorithms.md §1): `rm.prompt_free_prompts` other prompts of
         the batch, drawn uniformly, then `cross_prompt_gaps` (dr2 = logit of the mean
         preference). One extra forward over (2 P M) rows, no gradients.
 

@@ -1,6 +1,6 @@
 """`ray-rlhf analyze-rm`: how much of a reward model's decisions on a dataset are prompt-free.
 
-Mao et al. 2025 (arXiv 2504.06020), ALGORITHMS.md section 1. Every pair (x, y_w, y_l) is
+Mao et al. 2025 (arXiv 2504.06020), docs/algorithms.md §1. Every pair (x, y_w, y_l) is
 scored under its own prompt (dr = r(x, y_w) - r(x, y_l)) and under `rm.prompt_free_prompts`
 other prompts of the dataset (drawn uniformly, seeded): dr2 = logit(mean_m sigma(dr(x'_m)))
 is the part of the preference the responses alone decide, dr1 = dr - dr2 the part that

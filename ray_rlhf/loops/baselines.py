@@ -1,4 +1,4 @@
-"""Offline baseline sampling for contrastive rewards (ALGORITHMS.md §2, Shen et al. 2024).
+"""Offline baseline sampling for contrastive rewards (docs/algorithms.md §2, Shen et al. 2024).
 
     prompts ──► RolloutPool (frozen SFT policy, k samples each) ──► RewardPool (scored once)
             ──► shard-NNNNN.parquet per chunk ──► merge ──► baselines.parquet (+ DONE.json)

@@ -130,7 +130,7 @@ def load_rm_tensors(
         tokenize_pairs(train, tokenizer, max_length),
         tokenize_pairs(held_out, tokenizer, max_length),
     )
-    if cfg.rm.head == "per_position":  # segment RM: mark segment ends (ALGORITHMS.md §5)
+    if cfg.rm.head == "per_position":  # segment RM: mark segment ends (docs/algorithms.md §5)
         from ray_rlhf.loops.segment_normalizer import segment_pairs
 
         pairs = (segment_pairs(cfg, base_dir, pairs[0]), segment_pairs(cfg, base_dir, pairs[1]))

@@ -1,6 +1,6 @@
 """Segment reward models: segmenting RM pairs and fitting the location-aware normalizer.
 
-Yin et al. 2025, arXiv 2501.02790 (ALGORITHMS.md section 5). After a per-position RM
+Yin et al. 2025, arXiv 2501.02790 (docs/algorithms.md §5). After a per-position RM
 is trained, a sample of responses (pref-train chosen and rejected rows) is scored; every
 segment reward is recorded with its normalized position p = k / K; μ(p) and σ(p) are fitted
 as a·log p + b by Huber regression; the four numbers, the threshold c, the reference dir

@@ -1,6 +1,6 @@
 """Segment-reward diagnostics of a policy: sampled responses with their segment boundaries and
 rewards marked, rewards by position, and (toy world) the correlation of the learned segment
-rewards with the ground-truth per-step correctness (ALGORITHMS.md section 5).
+rewards with the ground-truth per-step correctness (docs/algorithms.md §5).
 
 Runs in-process (no Ray): samples with HF `generate` from the policy, scores with the same
 `RewardScorer` + `SegmentRewards` pipeline the reward actors run.

@@ -1,6 +1,6 @@
 """`ray-rlhf preference-strength`: an ensemble of reward models annotates every pair.
 
-Wang et al. 2024, "Secrets of RLHF Part II" (arXiv 2401.06080), section 3a of ALGORITHMS.md:
+Wang et al. 2024, "Secrets of RLHF Part II" (arXiv 2401.06080), docs/algorithms.md §3a:
 M reward models (`rm.ensemble_members`, different seeds and data orders) are trained on the
 preference data; each pair gets its margin under every model, d_im, and the dataset is
 written back with the strength mu_i = mean_m d_im (`strength`) and the spread

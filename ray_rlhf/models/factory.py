@@ -17,7 +17,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 from ray_rlhf.models.checkpoint import save_hf_model
 
 VLLM_CPU_HEAD_DIMS: frozenset[int] = frozenset({32, 64, 80, 96, 112, 128, 160, 192, 224, 256})
-"""Head sizes vLLM's CPU attention backend supports (see STACK.md "vLLM on CPU")."""
+"""Head sizes vLLM's CPU attention backend supports (see docs/cpu_stack.md "vLLM on CPU")."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,7 @@ class TinyModelSpec:
     """Size and seed of a tiny Llama.
 
     The defaults (84k parameters plus embeddings) train the toy world about as well per
-    step as a 4× larger model at a third of the cost (DESIGN.md "The toy world").
+    step as a 4× larger model at a third of the cost (docs/algorithms.md, "The toy world").
     """
 
     hidden_size: int = 64

@@ -1,7 +1,7 @@
 """Reward side: rule and reward-model scoring of rollout batches (plain classes, no Ray).
 
 `RewardScorer` turns a `RolloutBatch` into a `ScoredBatch`; `RewardTransform` is the stage
-interface the segment, contrastive and decomposition methods plug into (ALGORITHMS.md);
+interface the segment, contrastive and decomposition methods plug into (docs/algorithms.md);
 `load_rule` loads `"module:function"` / `"file.py:function"` rule rewards. The Ray actor
 pool around the scorer is `ray_rlhf.distributed.reward_pool.RewardPool`.
 """

@@ -1,6 +1,6 @@
 """Contrastive rewards in the reward actors: the baseline store and its `RewardTransform`.
 
-ALGORITHMS.md §2 (Shen et al. 2024, arXiv 2403.07708). The offline job
+docs/algorithms.md §2 (Shen et al. 2024, arXiv 2403.07708). The offline job
 (`ray_rlhf.loops.baselines`, `ray-rlhf sample-baselines`) writes one row per prompt:
 
     prompt_id   str          stable id of the RL prompt (the key)

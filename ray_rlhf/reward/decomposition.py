@@ -1,4 +1,4 @@
-"""Prompt-free / prompt-related diagnostics in the reward actors (ALGORITHMS.md section 1).
+"""Prompt-free / prompt-related diagnostics in the reward actors (docs/algorithms.md §1).
 
 Mao et al. 2025, "Information-Theoretic Reward Decomposition for Generalizable RLHF"
 (arXiv 2504.06020): r(x, y) = r1(x, y) + r2(y). For a rollout batch the reward actor scores

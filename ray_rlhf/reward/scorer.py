@@ -5,7 +5,7 @@ One `score` call is a short pipeline (each stage adds its diagnostics, all (N,))
     raw scores (N,)      rule per row, or the RM's value at each row's last real token
       -> finite check    a NaN / inf names the row, its prompt id and its response
       -> transforms      `RewardTransform`s in order: segment rewards, contrastive baseline
-                         subtraction, prompt-free / prompt-related split (ALGORITHMS.md)
+                         subtraction, prompt-free / prompt-related split (docs/algorithms.md)
       -> clamp           to [-clip, clip]                      (`reward/clipped`)
       -> placement       score on the last response token, unless a transform placed
                          token rewards itself (segment / token-level rewards)
@@ -58,7 +58,7 @@ class RewardContext:
         values: (N, T) per-position reward-model values aligned with `batch.input_ids`
             (model kind, same tokenizer as the policy); None for rules or re-tokenized rows.
         source: The raw scorer, to score other (prompt, response) pairs, e.g. a response
-            under other in-batch prompts for the prompt-free estimate (ALGORITHMS.md §1).
+            under other in-batch prompts for the prompt-free estimate (docs/algorithms.md §1).
         row_offset: Index of row 0 in the full batch (error messages name global rows).
     """
 

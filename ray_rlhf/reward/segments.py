@@ -1,4 +1,4 @@
-"""Segment-level rewards around the pure math of `ray_rlhf.algo.segments` (ALGORITHMS.md §5).
+"""Segment-level rewards around the pure math of `ray_rlhf.algo.segments` (docs/algorithms.md §5).
 
 Yin et al. 2025, arXiv 2501.02790. Three users share this module so they segment alike:
 
@@ -160,7 +160,7 @@ def read_segment_metadata(rm_dir: str | Path) -> dict[str, Any]:
 
 @dataclass
 class SegmentRewards:
-    """`RewardTransform`: dense per-token segment rewards (Yin et al. 2025; ALGORITHMS.md §5).
+    """`RewardTransform`: dense per-token segment rewards (Yin et al. 2025; docs/algorithms.md §5).
 
     Per row: segment the response with the reference model's entropies (threshold c), take
     the RM value at each segment end, normalize it with the RM's μ(p), σ(p), and spread it

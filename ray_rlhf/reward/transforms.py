@@ -1,7 +1,7 @@
 """Which `RewardTransform`s the reward actors apply, from the config.
 
 One place maps config sections to reward stages so the PPO loop, the evaluation and the
-offline jobs build the same pipeline. Order matters: segment rewards (ALGORITHMS.md §5)
+offline jobs build the same pipeline. Order matters: segment rewards (docs/algorithms.md §5)
 come first, then the contrastive baseline subtraction (§2), then diagnostics that only
 read the rewards (the prompt-free / prompt-related split, §1).
 """

@@ -1,6 +1,6 @@
 """The vLLM engine: creation with the settings the CPU build needs, generation, shutdown.
 
-vLLM is imported lazily so that importing this module stays cheap. See STACK.md
+vLLM is imported lazily so that importing this module stays cheap. See docs/cpu_stack.md
 ("vLLM on CPU") for why each setting is here.
 """
 
@@ -53,7 +53,7 @@ def create_engine(
         kv_cache_mib: explicit KV-cache size; vLLM's CPU auto-sizing fails on these hosts.
             (`VLLM_CPU_KVCACHE_SPACE`, when set, overrides it: leave that variable unset.)
         threads: OpenMP threads for the engine; without an explicit count CPU generation is
-            ~10x slower (STACK.md "Threads").
+            ~10x slower (docs/cpu_stack.md "Threads").
     """
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)

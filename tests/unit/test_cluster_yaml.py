@@ -21,7 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 
-# Custom resources that the pools / Ray Train workers request (DESIGN.md, "Who coordinates").
+# Custom resources that the pools / Ray Train workers request (docs/cluster.md).
 POOL_RESOURCES = ("rollout", "learner")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

@@ -1,4 +1,4 @@
-"""Contrastive rewards (ALGORITHMS.md §2): the pure math against hand-computed tensors, the
+"""Contrastive rewards (docs/algorithms.md §2): the pure math against hand-computed tensors, the
 baseline file's validation, the reward transform, and the baseline job's shard logic."""
 
 from __future__ import annotations

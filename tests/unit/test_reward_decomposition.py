@@ -1,4 +1,4 @@
-"""The prompt-free / prompt-related diagnostics of the reward actors (ALGORITHMS.md 1)."""
+"""The prompt-free / prompt-related diagnostics of the reward actors (docs/algorithms.md §1)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ of correct steps and ignores the style token. A simulated annotator labels respo
 with a planted, prompt-free taste for the style token. ``build_splits(ToyWorldConfig())``
 builds every dataset the demo, the tests and the evidence tables use (under a second).
 
-Which knob serves which method (ALGORITHMS.md):
+Which knob serves which method (docs/algorithms.md):
 
 - Plain RL / PPO parity: ``true_reward`` is a rule reward
   (``"ray_rlhf.data.toyworld:true_reward"``) and the yardstick of every run

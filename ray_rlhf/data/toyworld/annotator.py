@@ -6,7 +6,7 @@ The annotator prefers y1 over y2 with probability
 
 where r* is ``tasks.true_reward`` and b is ``tasks.has_style`` (1 if the response ends with
 the style token). ``bias`` plants a prompt-free preference: the train split uses one sign,
-the shifted split the other (DESIGN.md "The toy world"). After the label is drawn it is
+the shifted split the other (docs/algorithms.md, "The toy world"). After the label is drawn it is
 flipped with probability ``label_noise``, so some labels are wrong on purpose.
 """
 
