@@ -189,7 +189,7 @@ class RewardConfig:
     """Rewards are clamped to [-clip, clip]."""
     prompt_free_prompts: int = 0
     """Score every response under this many other in-batch prompts and log the prompt-free /
-    prompt-related split (`reward/prompt_free_*`, ALGORITHMS.md 1); 0 turns it off. A
+    prompt-related split (`reward/prompt_free_*`, docs/algorithms.md §1); 0 turns it off. A
     diagnostic: rewards are unchanged."""
 
     def __post_init__(self) -> None:

@@ -188,7 +188,7 @@ class PPOLearner:
             advantages = raw_adv = algo.broadcast_sequence_advantage(seq_adv, mask)
         seq_kl = kl.sum(dim=1)
         # Sequence advantage of a row = mean over its response tokens (the scalar itself for
-        # group baselines); its variance across each prompt's samples (ALGORITHMS.md §2).
+        # group baselines); its variance across each prompt's samples (docs/algorithms.md §2).
         seq_adv_mean = algo.masked_mean(advantages, mask, dim=1)
         adv_var = within_prompt_variance(seq_adv_mean, batch.n_samples)
         lp_diff = (old_lp - batch.sample_logprobs).abs() * mask
