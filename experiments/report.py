@@ -56,7 +56,8 @@ def mean_std(values: list[float | None]) -> str:
     if not present:
         return "n/a"
     std = statistics.stdev(present) if len(present) > 1 else 0.0
-    text = f"{statistics.fmean(present):.3f} ± {std:.3f}"
+    digits = 1 if all(isinstance(v, int) for v in present) else 3
+    text = f"{statistics.fmean(present):.{digits}f} ± {std:.{digits}f}"
     return text if len(present) == len(values) else f"{text} ({len(present)}/{len(values)})"
 
 

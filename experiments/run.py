@@ -9,6 +9,7 @@ experiment's module `experiments/<name>.py` documents what it measures. Finished
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -22,10 +23,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", help="experiment name (a file in experiments/configs/)")
     parser.add_argument("--config", help="YAML file (default: experiments/configs/<name>.yaml)")
+    parser.add_argument("--arms", help="comma-separated subset of the config's arms")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     exp = load_experiment(args.name, args.config or CONFIGS / f"{args.name}.yaml", args.overrides)
+    if args.arms:
+        wanted = args.arms.split(",")
+        unknown = sorted(set(wanted) - set(exp.arms))
+        if unknown:
+            parser.error(f"--arms: unknown {unknown}; the config has {sorted(exp.arms)}")
+        exp = dataclasses.replace(exp, arms={a: exp.arms[a] for a in wanted})
     data = run_experiment(exp)
     print((exp.run_dir / "report.md").read_text(), flush=True)
     return 0 if data["arms"] else 1

@@ -9,7 +9,8 @@ iterations, a smaller KL coefficient). The testbed is calibrated when, on every 
 (ii)  vanilla PPO raises held-out sampled true reward above its SFT start by at least
       `MIN_GAIN` at its peak;
 (iii) pushed further, it over-optimizes: the proxy score ends above its value at the true
-      reward's peak while the true reward ends below that peak, and the `!` rate rises.
+      reward's peak while the true reward ends at least `MIN_FALL` below that peak (about
+      twice the standard error of one evaluation's mean), and the `!` rate rises.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 MIN_RM_ACCURACY = 0.80
 MIN_GAIN = 0.05
+MIN_FALL = 0.02
 
 
 def conditions(data: dict[str, Any]) -> dict[str, list[bool]]:
@@ -31,7 +33,7 @@ def conditions(data: dict[str, Any]) -> dict[str, list[bool]]:
         peak = max(curve, key=lambda p: p["true"])
         final = curve[-1]
         out["iii"].append(
-            final["true"] < peak["true"]
+            final["true"] <= peak["true"] - MIN_FALL
             and final["proxy"] > peak["proxy"]
             and final["style"] > curve[0]["style"]
         )
@@ -46,7 +48,8 @@ def verdict(data: dict[str, Any]) -> str:
     names = {
         "i": f"(i) RM truth accuracy, same-style pairs ≥ {MIN_RM_ACCURACY}",
         "ii": f"(ii) vanilla peak − SFT start ≥ +{MIN_GAIN}",
-        "iii": "(iii) vanilla_long over-optimizes (true falls from its peak, proxy and `!` rise)",
+        "iii": f"(iii) vanilla_long over-optimizes (true falls ≥ {MIN_FALL} from its peak, "
+        "proxy and `!` rise)",
     }
     lines = ["## Calibration conditions", ""]
     for key, flags in result.items():

@@ -72,7 +72,7 @@ def test_testbed_conditions_per_seed():
 
     long_ok = [{"step": 0, "true": .5, "proxy": 0, "style": .2},
                {"step": 9, "true": .7, "proxy": 1, "style": .3},
-               {"step": 20, "true": .6, "proxy": 2, "style": .9}]
+               {"step": 20, "true": .65, "proxy": 2, "style": .9}]
     long_bad = [{"step": 0, "true": .5, "proxy": 0, "style": .2},
                 {"step": 20, "true": .7, "proxy": 2, "style": .9}]  # still at its peak
     data = {"arms": {
