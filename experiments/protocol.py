@@ -34,6 +34,8 @@ from ray_rlhf.typed_config import ConfigError, build, check, merge, parse_overri
 
 log = logging.getLogger(__name__)
 
+BASELINES_FROM_STAGE = "<the baselines stage of this seed>"
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -47,6 +49,9 @@ class ExperimentConfig:
     """Where content-addressed stages (SFT policies, RMs, baselines) are kept and reused."""
     title: str = ""
     """Heading of the report."""
+    report_metrics: tuple[str, ...] = ()
+    """Training metrics (metrics.jsonl keys) averaged over each run's iterations and
+    reported per arm, e.g. `train/adv_var_within_prompt`."""
     testbed: str | None = None
     """Name of a config in experiments/configs/ whose sections (not its experiment / arms)
     lie under this file's: method comparisons share the calibrated testbed this way."""
@@ -127,6 +132,9 @@ def arm_config(base: RLHFConfig, overrides: list[str], seed: int) -> RLHFConfig:
     tree["model"]["tiny"]["seed"] = seed
     tree["data"]["toyworld"]["seed"] = seed
     tree["ppo"]["eval_at_start"] = True
+    contrastive = tree["contrastive"]
+    if contrastive["enabled"] and contrastive["baselines_path"] is None:
+        contrastive["baselines_path"] = BASELINES_FROM_STAGE  # `run_pair` fills it in
     return build(RLHFConfig, tree, "")
 
 

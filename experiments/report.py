@@ -30,13 +30,18 @@ def collect(exp: Any) -> dict[str, Any]:
         entry: dict[str, Any] = {"seeds": [], "true_at_kl": {f"{b:g}": [] for b in budgets},
                                  "curves": []}
         entry |= {k: [] for k in LIST_FIELDS}
+        entry["metrics"] = {k: [] for k in exp.settings.report_metrics}
         for seed in exp.settings.seeds:
             run_dir = exp.run_dir / f"seed{seed}" / arm
             if not (run_dir / "DONE.json").exists():
                 continue
             done = json.loads((run_dir / "DONE.json").read_text())
             seconds += float(done.get("seconds", 0.0))
-            s = summarize_arm(read_metrics(run_dir / "ppo"), budgets)
+            rows = read_metrics(run_dir / "ppo")
+            s = summarize_arm(rows, budgets)
+            for key in exp.settings.report_metrics:
+                values = [r[key] for r in rows if key in r]
+                entry["metrics"][key].append(statistics.fmean(values) if values else None)
             entry["seeds"].append(seed)
             for key in LIST_FIELDS:
                 entry[key].append(s[key] if key in s else done.get(key))
@@ -86,6 +91,14 @@ def format_tables(data: dict[str, Any]) -> str:
                 f"({e['peak_iter'][i]}) | {e['final_true'][i]:.3f} | {e['final_proxy'][i]:.3f} "
                 f"| {e['final_kl'][i]:.2f} | {e['final_style_rate'][i]:.3f} |"
             )
+    metrics = next(iter(data["arms"].values()))["metrics"]
+    if metrics:
+        lines += ["", "Training metrics, mean over iterations (mean ± std over seeds):", "",
+                  "| arm | " + " | ".join(f"`{k}`" for k in metrics) + " |",
+                  "|---" * (len(metrics) + 1) + "|"]
+        for arm, e in data["arms"].items():
+            lines.append(f"| {arm} | " + " | ".join(mean_std(v) for v in e["metrics"].values())
+                         + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML file (default: experiments/configs/<name>.yaml)")
     parser.add_argument("--arms", help="comma-separated subset of the config's arms")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     exp = load_experiment(args.name, args.config or CONFIGS / f"{args.name}.yaml", args.overrides)
     if args.arms:

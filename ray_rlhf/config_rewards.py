@@ -155,7 +155,11 @@ class SegmentConfig:
     min_std: float = 0.05
     """Floor of the normalizer's sigma(p) (a line in log p can reach 0 at extreme p)."""
     normalizer_samples: int = 2000
-    """Responses (pref-train chosen and rejected rows) scored to fit mu(p), sigma(p)."""
+    """Responses scored to fit mu(p), sigma(p)."""
+    normalizer_source: Literal["pairs", "policy"] = "pairs"
+    """Which responses fit the normalizer: `pairs` = the RM's training pairs (chosen and
+    rejected rows); `policy` = samples of the reference (SFT) policy on the RL prompts,
+    the distribution PPO's first rollouts come from (the paper's choice)."""
     huber_epsilon: float = 1.35
     """Huber threshold of the mu(p), sigma(p) regressions."""
 

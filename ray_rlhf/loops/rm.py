@@ -159,9 +159,12 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
     )
     out = run_rm_trainer(cfg, model_dir=policy_dir, train=train, eval=held_out, run_dir=run_dir)
     if cfg.rm.head == "per_position":  # fit + store the location-aware normalizer
-        from ray_rlhf.loops.segment_normalizer import fit_and_store
+        from ray_rlhf.loops.segment_normalizer import fit_and_store, rl_prompt_texts
 
-        fit_and_store(cfg, out, policy_dir, train)
+        prompts = None
+        if cfg.segment.normalizer_source == "policy":
+            prompts = rl_prompt_texts(cfg, run_dir, policy_dir)
+        fit_and_store(cfg, out, policy_dir, train, prompts)
     accuracy = float(load_json(out / METADATA_FILE)["eval_accuracy"])
     return RMResult(out, policy_dir, accuracy, time.perf_counter() - start)
 

@@ -74,7 +74,7 @@ def fit_normalizer(
     ends = rows["segment_ends"]
     rewards, positions = values[ends], segment_positions(ends)[ends]  # (S,) each
     normalizer = fit_location_normalizer(rewards, positions, epsilon)
-    stats = {
+    stats: dict[str, Any] = {
         "segments": float(rewards.numel()),
         "responses": float(ends.shape[0]),
         "reward_mean": float(rewards.mean()),
@@ -116,24 +116,115 @@ def write_segment_record(
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "normalizer": normalizer._asdict(),
         "huber_epsilon": cfg.segment.huber_epsilon,
+        "normalizer_source": cfg.segment.normalizer_source,
         "fit": stats,
     }
     save_json_atomic(path, meta | {METADATA_KEY: record})
     return record
 
 
+def policy_sample_rows(
+    cfg: RLHFConfig, reference_dir: Path, prompts: list[str]
+) -> dict[str, torch.Tensor]:
+    """`segment.normalizer_samples` responses of the reference policy, one per prompt
+    (cycling through `prompts`), sampled with vLLM in this process at
+    `rollout.temperature` and segmented by the same reference.
+
+    Returns:
+        input_ids, attention_mask, response_mask, segment_ends, each (n, T).
+    """
+    from ray_rlhf.algo.segments import segment_ends
+    from ray_rlhf.models.builders import load_tokenizer
+    from ray_rlhf.reward.segments import load_reference, token_entropies
+    from ray_rlhf.rollout.engine import create_engine, generate, shutdown_engine
+
+    n = cfg.segment.normalizer_samples
+    tokenizer = load_tokenizer(reference_dir, trust_remote_code=cfg.model.trust_remote_code)
+    prompt_ids = [tokenizer(prompts[i % len(prompts)])["input_ids"] for i in range(n)]
+    llm = create_engine(
+        reference_dir,
+        dtype=cfg.model.dtype,
+        seed=cfg.run.seed,
+        kv_cache_mib=cfg.rollout.kv_cache_mib,
+        enforce_eager=cfg.rollout.enforce_eager,
+        max_model_len=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    try:
+        outputs = generate(llm, prompt_ids, n=1, temperature=cfg.rollout.temperature,
+                           top_p=cfg.rollout.top_p, max_tokens=cfg.data.max_response_tokens,
+                           seed=cfg.run.seed)
+    finally:
+        shutdown_engine(llm)
+    examples, finished = [], []
+    for ids, (completion,) in zip(prompt_ids, outputs, strict=True):
+        full = list(ids) + list(completion.token_ids)
+        mask = [False] * len(ids) + [True] * len(completion.token_ids)
+        examples.append((full, mask))
+        finished.append(completion.finished)
+    rows = pad_rows(examples, tokenizer.pad_token_id or tokenizer.eos_token_id)
+    model = load_reference(reference_dir, cfg.model.trust_remote_code)
+    entropy = token_entropies(model, rows["input_ids"], rows["attention_mask"])
+    rows["segment_ends"] = segment_ends(
+        entropy, rows["response_mask"], torch.tensor(finished), segmentation_threshold(cfg)
+    )
+    return rows
+
+
+def rl_prompt_texts(cfg: RLHFConfig, run_dir: Path, reference_dir: Path) -> list[str]:
+    """The RL prompts (`data.prompts_path`, else the toy world's train prompts), validated."""
+    from ray_rlhf.data.prompts import load_prompts
+    from ray_rlhf.loops.common import toyworld_files
+    from ray_rlhf.models.builders import load_tokenizer
+
+    source = cfg.data.prompts_path or str(toyworld_files(cfg, run_dir)["train_prompts"])
+    tokenizer = load_tokenizer(reference_dir, trust_remote_code=cfg.model.trust_remote_code)
+    return list(load_prompts(source, tokenizer=tokenizer,
+                             max_prompt_tokens=cfg.data.max_prompt_tokens)["prompt"])
+
+
+def pad_rows(examples: list[tuple[list[int], list[bool]]], pad_id: int) -> dict:
+    """Right-pad (token ids, response mask) rows: input_ids (N, T) long, attention_mask and
+    response_mask (N, T) bool."""
+    width = max(len(ids) for ids, _ in examples)
+    out = {
+        "input_ids": torch.full((len(examples), width), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(examples), width), dtype=torch.bool),
+        "response_mask": torch.zeros((len(examples), width), dtype=torch.bool),
+    }
+    for i, (ids, mask) in enumerate(examples):
+        out["input_ids"][i, : len(ids)] = torch.tensor(ids)
+        out["attention_mask"][i, : len(ids)] = True
+        out["response_mask"][i, : len(ids)] = torch.tensor(mask)
+    return out
+
+
 def fit_and_store(
-    cfg: RLHFConfig, rm_dir: Path, reference_dir: Path, pairs: dict[str, torch.Tensor]
+    cfg: RLHFConfig,
+    rm_dir: Path,
+    reference_dir: Path,
+    pairs: dict[str, torch.Tensor],
+    prompts: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Sample, score, fit and store (pairs must carry segment ends). Returns the record."""
-    rows = sample_rows(pairs, cfg.segment.normalizer_samples, cfg.run.seed)
+    """Sample, score, fit and store (pairs must carry segment ends). Returns the record.
+
+    With `segment.normalizer_source: policy` the responses are the reference policy's
+    samples on `prompts` (the RL prompts) instead of the pairs' responses.
+    """
+    if cfg.segment.normalizer_source == "policy":
+        if not prompts:
+            raise ValueError("segment.normalizer_source=policy needs the RL prompts")
+        rows = policy_sample_rows(cfg, reference_dir, prompts)
+    else:
+        rows = sample_rows(pairs, cfg.segment.normalizer_samples, cfg.run.seed)
     normalizer, stats = fit_normalizer(rm_dir, rows, cfg.segment.huber_epsilon)
     record = write_segment_record(rm_dir, cfg, reference_dir, normalizer, stats)
     n = normalizer
     print(
         f"[segment] normalizer of {rm_dir.name}: mu(p) = {n.mu_slope:.3f} log p + "
         f"{n.mu_intercept:.3f}, sigma(p) = {n.sigma_slope:.3f} log p + {n.sigma_intercept:.3f} "
-        f"({stats['segments']:.0f} segments of {stats['responses']:.0f} responses)",
+        f"({stats['segments']:.0f} segments of {stats['responses']:.0f} "
+        f"{cfg.segment.normalizer_source} responses)",
         flush=True,
     )
     return record
@@ -156,4 +247,5 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     run_dir = prepare_run_dir(cfg)
     per_position = dataclasses.replace(cfg, rm=dataclasses.replace(cfg.rm, head="per_position"))
     train, _ = load_rm_tensors(per_position, run_dir, reference)  # segmented (see loops.rm)
-    return fit_and_store(cfg, rm_dir, reference, train)
+    prompts = rl_prompt_texts(cfg, run_dir, reference)
+    return fit_and_store(cfg, rm_dir, reference, train, prompts)

@@ -105,3 +105,28 @@ def test_segment_report_renders_boundaries(segment_run, tmp_path):
     assert "Spearman(segment reward, true step correctness)" in text
     assert "] |" in text and "mean segment length" in text
     assert "`sort 3 1 2 =` -> `" in text
+
+
+def test_normalizer_refit_on_reference_policy_samples(segment_run):
+    """`fit-segment-normalizer segment.normalizer_source=policy`: the normalizer is refit on
+    samples of the reference policy (one per RL prompt, cycling), not on the pairs."""
+    from ray_rlhf.loops import segment_normalizer
+
+    cfg, policy, rm_result, _ = segment_run
+    refit = load_config(
+        None,
+        [
+            f"run.output_dir={cfg.run.output_dir}",
+            "run.name=seg_refit",
+            *_OVERRIDES,
+            "segment.normalizer_source=policy",
+            "segment.normalizer_samples=40",
+            f"reward.model_path={rm_result.reward_model_dir}",
+        ],
+    )
+    record = segment_normalizer.run_job(refit)
+    meta = json.loads((rm_result.reward_model_dir / "ray_rlhf.json").read_text())
+    assert meta["segment"] == record
+    assert record["normalizer_source"] == "policy"
+    assert record["fit"]["responses"] == 40  # 40 samples over the 32 train prompts
+    assert record["fit"]["segments"] >= 40
