@@ -25,7 +25,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ray_rlhf.algo.meta import kl_regularized_surrogate, meta_gradient, outer_preference_loss
+from ray_rlhf.algo.meta import (
+    InnerStats,
+    kl_regularized_surrogate,
+    meta_gradient,
+    outer_preference_loss,
+)
+from ray_rlhf.algo.rm_loss import RMLossStats
 from ray_rlhf.config_meta import MetaConfig
 from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.learner.meta_policy import (
@@ -146,7 +152,9 @@ class DomainAdapter:
         own = dict(self.policy.named_parameters())
         self.theta_ref = [own[name] for name in self.adapted]
 
-    def _sample(self, theta: Sequence[Tensor], batch: DomainBatch, gen: torch.Generator):
+    def _sample(
+        self, theta: Sequence[Tensor], batch: DomainBatch, gen: torch.Generator
+    ) -> dict[str, Tensor]:
         params = {name: t.detach() for name, t in zip(self.adapted, theta, strict=True)}
         return sample_responses(
             self.policy, params, batch.prompts, n_samples=self.cfg.n_samples,
@@ -170,7 +178,7 @@ class DomainAdapter:
         with torch.no_grad():
             ref_chosen, ref_rejected = sequence_logprobs(self.policy, {}, rows).chunk(2)
 
-        def inner(theta: Sequence[Tensor], k: int):
+        def inner(theta: Sequence[Tensor], k: int) -> tuple[Tensor, InnerStats]:
             samples = self._sample(theta, batch, gen)
             params = dict(zip(self.adapted, theta, strict=True))
             logp = sequence_logprobs(self.policy, params, samples)
@@ -179,7 +187,7 @@ class DomainAdapter:
             rewards = reward_scores(self.rm, samples)
             return kl_regularized_surrogate(logp, ref, rewards, cfg.beta, cfg.n_samples)
 
-        def outer(theta: Sequence[Tensor]):
+        def outer(theta: Sequence[Tensor]) -> tuple[Tensor, RMLossStats]:
             params = dict(zip(self.adapted, theta, strict=True))
             chosen, rejected = sequence_logprobs(self.policy, params, rows).chunk(2)
             return outer_preference_loss(chosen, ref_chosen, rejected, ref_rejected, cfg.beta)

@@ -95,8 +95,9 @@ def load_domains(
     max_length = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
     need = cfg.meta.inner_prompts + cfg.meta.outer_pairs
     domains = {}
-    for name in sorted(set(train[DOMAIN_COLUMN])):
-        rows = train.filter(lambda row, name=name: row[DOMAIN_COLUMN] == name)
+    column = train[DOMAIN_COLUMN]
+    for name in sorted(set(column)):
+        rows = train.select([i for i, domain in enumerate(column) if domain == name])
         if rows.num_rows < need:
             raise ValueError(
                 f"{source}: domain {name!r} has {rows.num_rows} pairs; one outer step reads "
@@ -153,7 +154,9 @@ def _print_progress(step: int, steps: int, m: dict[str, float], seconds: float) 
     )
 
 
-def _metadata(cfg: RLHFConfig, policy_dir: Path, ev: dict[str, float], pairs: int, step: int):
+def _metadata(
+    cfg: RLHFConfig, policy_dir: Path, ev: dict[str, float], pairs: int, step: int
+) -> dict[str, Any]:
     """`ray_rlhf.json` of the exported model: the keys `train-rm` writes."""
     return {
         "stage": "meta_rm",
