@@ -53,6 +53,11 @@ _COMMANDS = {
         "strength",
         ("run.name=strength",),
     ),
+    "meta-rm": _Command(
+        "meta-learn a reward model over the training domains (OOD preference learning)",
+        "meta_rm",
+        ("run.name=meta_rm",),
+    ),
     "analyze-rm": _Command(
         "how much of a reward model's decisions on a dataset are prompt-free",
         "analyze_rm",

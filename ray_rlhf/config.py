@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ray_rlhf.config_meta import MetaConfig
 from ray_rlhf.config_rewards import ContrastiveConfig, RMConfig, SegmentConfig
 from ray_rlhf.data.toyworld.spec import ToyWorldConfig
 from ray_rlhf.typed_config import (
@@ -333,6 +334,7 @@ class RLHFConfig:
     rm: RMConfig = field(default_factory=RMConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self) -> None:
@@ -361,6 +363,12 @@ class RLHFConfig:
             self.ppo.advantage not in ("rloo", "grpo") or self.rollout.n_samples >= 2,
             "rollout.n_samples",
             f"must be >= 2 for ppo.advantage={self.ppo.advantage!r} (group baselines)",
+        )
+        _check(
+            self.data.preferences_path is not None
+            or self.meta.domains_per_step <= len(self.data.toyworld.domains),
+            "meta.domains_per_step",
+            f"must be <= the toy world's {len(self.data.toyworld.domains)} training domains",
         )
 
 

@@ -1,0 +1,254 @@
+"""`ray-rlhf meta-rm`: a reward model meta-learned over the training domains.
+
+Jia 2024, arXiv 2402.14760 (docs/algorithms.md §4, docs/meta_rm.md):
+
+    pairs grouped by `domain` ──► outer step t: `meta.domains_per_step` domains, one Ray task
+        each (K inner steps from π_ref under r_φ, outer loss on held-in pairs, dF_d/dφ)
+    ──► driver: mean meta-gradient, Adam step on φ ──► meta_state/ (atomic) + metrics row
+    ──► after the last step: reward_model/ (the layout and metadata `train-rm` writes)
+
+The outer step runs on the driver, not in a Ray Train worker: it is one Adam step on a
+domain-averaged gradient of a model small enough to hold in one process, and the driver
+already owns φ, its optimizer and the run's state (one owner, saved after every step). A
+worker group would add its start-up and a process group for nothing to shard.
+
+Resume: rerunning the same command on an unfinished run dir restores `meta_state/` and
+continues at the next outer step (metrics rows past the saved step are dropped); batches
+and sampling seeds depend only on the step, so the rerun sees what the first run would.
+
+Chaos hook (tests): `pause_meta_after_steps: n` in `<run dir>/control.yaml` makes the job
+write `control.yaml.paused` once outer step n is saved and wait until the key changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ray_rlhf.config import RLHFConfig
+from ray_rlhf.learner.meta_rm import DomainData
+from ray_rlhf.loops.common import prepare_base_model, toyworld_files
+
+STATE_DIR = "meta_state"
+METRICS_DIR = "meta"
+DOMAIN_COLUMN = "domain"
+
+
+@dataclass(frozen=True)
+class MetaRMResult:
+    """Where the meta-learned reward model is, its held-out accuracy, and the cost."""
+
+    reward_model_dir: Path
+    base_dir: Path
+    eval_accuracy: float
+    seconds: float
+    seconds_per_step: float
+    """Mean wall time of the outer steps this invocation ran (NaN if it ran none)."""
+
+
+def _load_datasets(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Any, Any, str]:
+    """Validated (train, held-out) preference datasets and the train source's name."""
+    from ray_rlhf.data.preferences import load_preferences
+    from ray_rlhf.loops.rm import held_out_split
+
+    def load(source: str) -> Any:
+        return load_preferences(
+            source,
+            tokenizer=tokenizer,
+            max_prompt_tokens=cfg.data.max_prompt_tokens,
+            max_response_tokens=cfg.data.max_response_tokens,
+        )
+
+    if cfg.data.preferences_path is None:
+        files = toyworld_files(cfg, run_dir)
+        return load(str(files["pref_train"])), load(str(files["pref_test"])), "pref_train"
+    train, held_out = held_out_split(load(cfg.data.preferences_path), cfg.run.seed)
+    return train, held_out, cfg.data.preferences_path
+
+
+def load_domains(
+    cfg: RLHFConfig, run_dir: Path, policy_dir: Path
+) -> tuple[dict[str, DomainData], dict[str, torch.Tensor]]:
+    """The training pairs split by their `domain` column, and the tokenized held-out pairs.
+
+    Raises:
+        ValueError: Naming the source: no `domain` column, fewer domains than
+            `meta.domains_per_step`, or a domain with fewer pairs than one outer step reads.
+    """
+    from ray_rlhf.data.tokenize import encode_prompts
+    from ray_rlhf.loops.rm import tokenize_pairs
+    from ray_rlhf.models.builders import load_tokenizer
+
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=cfg.model.trust_remote_code)
+    train, held_out, source = _load_datasets(cfg, run_dir, tokenizer)
+    if DOMAIN_COLUMN not in train.column_names:
+        raise ValueError(
+            f"{source}: meta-rm needs a {DOMAIN_COLUMN!r} column naming each pair's domain"
+        )
+    max_length = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
+    need = cfg.meta.inner_prompts + cfg.meta.outer_pairs
+    domains = {}
+    column = train[DOMAIN_COLUMN]
+    for name in sorted(set(column)):
+        rows = train.select([i for i, domain in enumerate(column) if domain == name])
+        if rows.num_rows < need:
+            raise ValueError(
+                f"{source}: domain {name!r} has {rows.num_rows} pairs; one outer step reads "
+                f"meta.inner_prompts + meta.outer_pairs = {need}"
+            )
+        domains[name] = DomainData(
+            prompts=encode_prompts(tokenizer, rows["prompt"]),
+            pairs=tokenize_pairs(rows, tokenizer, max_length),
+        )
+    if len(domains) < cfg.meta.domains_per_step:
+        raise ValueError(
+            f"{source}: {len(domains)} domains, fewer than meta.domains_per_step "
+            f"({cfg.meta.domains_per_step})"
+        )
+    return domains, tokenize_pairs(held_out, tokenizer, max_length)
+
+
+def _drop_rows_after(metrics_dir: Path, step: int) -> None:
+    """Rewrite `metrics.jsonl` without rows past `step` (logged before a crash, not saved)."""
+    path = metrics_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text("".join(f"{ln}\n" for ln in kept))
+        os.replace(tmp, path)
+
+
+def _maybe_pause(control_path: Path, step: int) -> None:
+    """The chaos hook of the module docstring."""
+    import yaml
+
+    def wanted() -> object:
+        if not control_path.is_file():
+            return None
+        return (yaml.safe_load(control_path.read_text()) or {}).get("pause_meta_after_steps")
+
+    if wanted() != step:
+        return
+    control_path.with_name(control_path.name + ".paused").write_text(f"{step}\n")
+    print(f"[meta-rm] paused after outer step {step} ({control_path})", flush=True)
+    while wanted() == step:
+        time.sleep(0.2)
+
+
+def _print_progress(step: int, steps: int, m: dict[str, float], seconds: float) -> None:
+    print(
+        f"[meta-rm] step {step}/{steps}  outer loss {m['meta/outer_loss']:.4f}  "
+        f"acc {m['meta/outer_accuracy']:.3f}  inner reward {m['meta/inner_reward']:+.3f} "
+        f"(ref {m['meta/inner_reward_ref']:+.3f})  kl {m['meta/kl']:.4f}  {seconds:.1f} s",
+        flush=True,
+    )
+
+
+def _metadata(
+    cfg: RLHFConfig, policy_dir: Path, ev: dict[str, float], pairs: int, step: int
+) -> dict[str, Any]:
+    """`ray_rlhf.json` of the exported model: the keys `train-rm` writes."""
+    return {
+        "stage": "meta_rm",
+        "step": step,
+        "base_model": str(policy_dir.resolve()),
+        "head": "scalar",
+        "training": dataclasses.asdict(cfg.meta),
+        "eval_accuracy": ev["eval/accuracy"],
+        "eval_pairs": pairs,
+        "normalization": {
+            "mean": ev["eval/score_mean"],
+            "std": ev["eval/score_std"],
+            "responses": 2 * pairs,
+        },
+    }
+
+
+def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> MetaRMResult:
+    """Meta-train r_φ from π_ref = `policy_dir` (resuming if state exists); Ray must be up."""
+    from ray_rlhf.distributed.meta_rm import AdapterSpec, domain_meta_gradients
+    from ray_rlhf.learner.meta_rm import MetaRMLearner, domain_batches
+    from ray_rlhf.metrics import MetricsWriter
+    from ray_rlhf.models.builders import load_tokenizer
+    from ray_rlhf.models.checkpoint import save_hf_model
+
+    start = time.perf_counter()
+    meta = cfg.meta
+    domains, held_out = load_domains(cfg, run_dir, policy_dir)
+    rm_dir = Path(meta.rm_init_path or policy_dir).resolve()
+    learner = MetaRMLearner(rm_dir, meta, seed=cfg.run.seed)
+    resumed = learner.restore(run_dir / STATE_DIR)
+    print(
+        f"[meta-rm] {len(domains)} domains ({', '.join(domains)}), {meta.domains_per_step} "
+        f"per step, K={meta.inner_steps} ({meta.order}), adapt {meta.adapt}; "
+        + (f"resuming at outer step {learner.step + 1}" if resumed else "starting"),
+        flush=True,
+    )
+    _drop_rows_after(run_dir / METRICS_DIR, learner.step)
+    spec = AdapterSpec(
+        str(Path(policy_dir).resolve()), str(rm_dir), meta, cfg.data.max_response_tokens
+    )
+    times = []
+    with MetricsWriter(run_dir / METRICS_DIR) as writer:
+        for step in range(learner.step, meta.outer_steps):
+            tick = time.perf_counter()
+            batches = domain_batches(domains, meta, step, cfg.run.seed)
+            results = domain_meta_gradients(
+                spec, learner.weights(), batches, cfg.resources.custom_resources
+            )
+            metrics = learner.apply(results)
+            times.append(time.perf_counter() - tick)
+            metrics["timing/outer_step"] = times[-1]
+            writer.log(learner.step, metrics)
+            learner.save(run_dir / STATE_DIR)
+            _print_progress(learner.step, meta.outer_steps, metrics, times[-1])
+            _maybe_pause(run_dir / "control.yaml", learner.step)
+    ev = learner.evaluate(held_out)
+    pairs = int(held_out["chosen_input_ids"].shape[0])
+    out = run_dir / "reward_model"
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=cfg.model.trust_remote_code)
+    save_hf_model(
+        learner.rm, tokenizer, out, metadata=_metadata(cfg, policy_dir, ev, pairs, learner.step)
+    )
+    per_step = sum(times) / len(times) if times else float("nan")
+    return MetaRMResult(out, policy_dir, ev["eval/accuracy"], time.perf_counter() - start, per_step)
+
+
+def run_job(cfg: RLHFConfig) -> MetaRMResult:
+    """`ray-rlhf meta-rm` / `jobs/meta_rm.py`: run dir, Ray, meta-training, marker."""
+    from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
+    from ray_rlhf.loops.common import mark_done, prepare_run_dir
+
+    run_dir = prepare_run_dir(cfg)
+    policy_dir = prepare_base_model(cfg, run_dir)
+    need = cfg.meta.domains_per_step * cfg.meta.cpus_per_task
+    started = init_ray(cfg.resources, min_cpus=need)
+    try:
+        result = run(cfg, run_dir, policy_dir)
+    finally:
+        shutdown_ray(started)
+    print(
+        f"[meta-rm] reward model written to {result.reward_model_dir} (eval accuracy "
+        f"{result.eval_accuracy:.3f}, {result.seconds_per_step:.1f} s per outer step)",
+        flush=True,
+    )
+    mark_done(
+        run_dir,
+        {
+            "reward_model_dir": str(result.reward_model_dir),
+            "eval_accuracy": result.eval_accuracy,
+            "seconds": result.seconds,
+            "seconds_per_outer_step": result.seconds_per_step,
+        },
+    )
+    return result
