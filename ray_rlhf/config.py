@@ -71,16 +71,29 @@ class DataConfig:
     """Held-out prompts for evaluation. None: the toy world's test prompts."""
     preferences_path: str | None = None
     """Preference pairs for RM training. None: the toy world's train pairs."""
-    max_prompt_tokens: int = 32
-    """Longer prompts are a data error (reported with file and row), never truncated."""
-    max_response_tokens: int = 16
-    """Generation length limit; longer SFT / preference responses are a data error."""
+    max_prompt_tokens: int | None = None
+    """Longest prompt in tokens; a longer one is a data error (file, row, field), never
+    truncated. None: the longest prompt of the run's data (the toy world: 32), capped by the
+    model's `max_position_embeddings` (`ray_rlhf.data.limits`)."""
+    max_response_tokens: int | None = None
+    """Generation length limit; longer SFT / preference responses are a data error. None:
+    256, or the longest SFT / preference response if longer (the toy world: 16), capped by
+    the model's `max_position_embeddings` minus the prompt limit."""
     toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     """The built-in toy world (used wherever a path above is None)."""
 
     def __post_init__(self) -> None:
-        _check(self.max_prompt_tokens > 0, "max_prompt_tokens", "must be > 0")
-        _check(self.max_response_tokens > 0, "max_response_tokens", "must be > 0")
+        derived = "must be > 0 (or null: derived from the data)"
+        _check(
+            self.max_prompt_tokens is None or self.max_prompt_tokens > 0,
+            "max_prompt_tokens",
+            derived,
+        )
+        _check(
+            self.max_response_tokens is None or self.max_response_tokens > 0,
+            "max_response_tokens",
+            derived,
+        )
 
 
 @dataclass(frozen=True)

@@ -215,12 +215,14 @@ def run(evidence: EvidenceConfig, cfg: RLHFConfig) -> str:
     """All seeds, then the report; returns the markdown. Ray is started here."""
     from ray_rlhf.config import requested_cpus
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
+    from ray_rlhf.loops.preflight import preflight
     from ray_rlhf.metrics import read_metrics
 
     start = time.perf_counter()
     out_dir = cfg.run.run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out_dir / "config.yaml")
+    cfg = preflight(cfg, out_dir, ("sft", "rm"))  # toy data checks; resolves the token limits
     (out_dir / "evidence.yaml").write_text(yaml.safe_dump(dataclasses.asdict(evidence)))
     started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     metrics_dirs = {}

@@ -69,15 +69,15 @@ def start_pools(cfg: RLHFConfig, policy_dir: Path, *, contrastive: bool = True) 
     Returns:
         {"rollout": RolloutPool, "reward": RewardPool}; the caller shuts both down.
     """
+    from ray_rlhf.data.limits import max_sequence_tokens
     from ray_rlhf.distributed.reward_pool import RewardPool
     from ray_rlhf.distributed.rollout_pool import RolloutPool
     from ray_rlhf.reward.transforms import build_transforms
 
-    max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
     rollout = RolloutPool(
         str(policy_dir),
         cfg.rollout,
-        max_model_len=max_len,
+        max_model_len=max_sequence_tokens(cfg.data),
         dtype=cfg.model.dtype,
         seed=cfg.run.seed,
         trust_remote_code=cfg.model.trust_remote_code,
@@ -98,7 +98,8 @@ def start_pools(cfg: RLHFConfig, policy_dir: Path, *, contrastive: bool = True) 
 
 
 def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> PPOResult:
-    """PPO from `policy_dir` (usually the SFT policy); Ray must be initialized."""
+    """PPO from `policy_dir` (usually the SFT policy); Ray must be initialized and `cfg`
+    must have passed `preflight`."""
     from ray_rlhf.distributed.ppo_trainer import run_ppo_trainer
     from ray_rlhf.models.builders import load_tokenizer
 
@@ -137,8 +138,10 @@ def run_job(cfg: RLHFConfig) -> PPOResult:
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
     from ray_rlhf.loops import sft
     from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
 
     run_dir = prepare_run_dir(cfg)
+    cfg = preflight(cfg, run_dir, ("ppo",) if cfg.model.path else ("sft", "ppo"))
     started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:
         policy = Path(cfg.model.path) if cfg.model.path else sft.run(cfg, run_dir).policy_dir

@@ -104,6 +104,7 @@ def load_rm_tensors(
     """Validate (`load_preferences`, errors name file and row) and tokenize the train and
     held-out pairs: the toy world's pref_train / pref_test, or `data.preferences_path`
     split by `_held_out_split`."""
+    from ray_rlhf.data.limits import max_sequence_tokens
     from ray_rlhf.data.preferences import load_preferences
     from ray_rlhf.models.builders import load_tokenizer
 
@@ -125,7 +126,7 @@ def load_rm_tensors(
         source = cfg.data.preferences_path
         train, held_out = _held_out_split(load(source), cfg.run.seed)
     check_pair_columns(train, cfg, source)
-    max_length = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
+    max_length = max_sequence_tokens(cfg.data)
     pairs = (
         tokenize_pairs(train, tokenizer, max_length),
         tokenize_pairs(held_out, tokenizer, max_length),
@@ -138,7 +139,8 @@ def load_rm_tensors(
 
 
 def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
-    """Train a reward model from `policy_dir` as a Ray Train run; Ray must be initialized."""
+    """Train a reward model from `policy_dir` as a Ray Train run; Ray must be initialized and
+    `cfg` must have passed `preflight`."""
     from ray_rlhf.distributed.rm_trainer import run_rm_trainer
     from ray_rlhf.models.checkpoint import METADATA_FILE, load_json
 
@@ -170,8 +172,10 @@ def run_job(cfg: RLHFConfig) -> RMResult:
     """`ray-rlhf train-rm` / `jobs/train_rm.py`: run dir, Ray, RM training, marker."""
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
     from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
 
     run_dir = prepare_run_dir(cfg)
+    cfg = preflight(cfg, run_dir, ("rm",))
     base_dir = prepare_base_model(cfg, run_dir)
     started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:

@@ -402,8 +402,10 @@ def run(base: RLHFConfig, ev: RMEvidenceConfig) -> Path:
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
     from ray_rlhf.loops import sft
     from ray_rlhf.loops.common import prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
 
     run_dir = prepare_run_dir(base)
+    base = preflight(base, run_dir, ("sft", "rm"))  # toy data checks; resolves the token limits
     start = time.perf_counter()
     started = init_ray(base.resources, min_cpus=base.learner.num_workers)
     try:

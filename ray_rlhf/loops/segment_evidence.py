@@ -232,9 +232,11 @@ def run(cfg: RLHFConfig, seeds: tuple[int, ...] = SEEDS, docs: Path | None = Non
     """The whole evidence job into `cfg.run.run_dir`; returns the report (also copied with
     its PNG into `docs` when given)."""
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
+    from ray_rlhf.loops.preflight import preflight
 
     out_dir = cfg.run.run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = preflight(cfg, out_dir, ("sft", "rm"))  # toy data checks; resolves the token limits
     start = time.perf_counter()
     results: list[dict[str, Any]] = []
     started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))

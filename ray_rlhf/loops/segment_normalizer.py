@@ -143,6 +143,7 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     """`ray-rlhf fit-segment-normalizer reward.model_path=RM [segment.* ...]`: refit the
     normalizer of an existing per-position RM on the config's preference pairs."""
     from ray_rlhf.loops.common import prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
     from ray_rlhf.loops.rm import load_rm_tensors
     from ray_rlhf.models.checkpoint import METADATA_FILE, load_json
 
@@ -154,6 +155,7 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
         raise ValueError(f"reward model {rm_dir} has head {meta.get('head')!r}, not per_position")
     reference = Path(meta["base_model"])
     run_dir = prepare_run_dir(cfg)
+    cfg = preflight(cfg, run_dir, ("rm",), base_dir=reference)
     per_position = dataclasses.replace(cfg, rm=dataclasses.replace(cfg.rm, head="per_position"))
     train, _ = load_rm_tensors(per_position, run_dir, reference)  # segmented (see loops.rm)
     return fit_and_store(cfg, rm_dir, reference, train)

@@ -220,3 +220,24 @@ def validate_model_dir(path: str | os.PathLike[str]) -> Path:
     _read_config(model_dir)
     _check_weights(model_dir)
     return model_dir
+
+
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def max_positions(model_dir: str | os.PathLike[str]) -> int | None:
+    """The longest sequence a model directory's `config.json` declares.
+
+    Returns:
+        The first positive integer among `_POSITION_KEYS` (Llama-style
+        `max_position_embeddings`, GPT-2-style `n_positions`, ...), or None if there is none.
+
+    Raises:
+        ModelDirError: If the directory is not a valid model directory.
+    """
+    config = _read_config(validate_model_dir(model_dir))
+    for key in _POSITION_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
