@@ -68,7 +68,11 @@ class DataConfig:
     prompts_path: str | None = None
     """RL prompt file/dir or hub name. None: the toy world's train prompts."""
     eval_prompts_path: str | None = None
-    """Held-out prompts for evaluation. None: the toy world's test prompts."""
+    """Held-out prompts for evaluation. None: a seeded slice of `prompts_path`
+    (`eval_fraction`), or the toy world's test prompts when `prompts_path` is None too."""
+    eval_fraction: float = 0.05
+    """Share of `prompts_path` held out as eval prompts when `eval_prompts_path` is None
+    (seeded by `run.seed`; at least 1 and at most 256 prompts)."""
     preferences_path: str | None = None
     """Preference pairs for RM training. None: the toy world's train pairs."""
     max_prompt_tokens: int | None = None
@@ -83,6 +87,7 @@ class DataConfig:
     """The built-in toy world (used wherever a path above is None)."""
 
     def __post_init__(self) -> None:
+        _check(0 < self.eval_fraction < 1, "eval_fraction", "must be in (0, 1)")
         derived = "must be > 0 (or null: derived from the data)"
         _check(
             self.max_prompt_tokens is None or self.max_prompt_tokens > 0,

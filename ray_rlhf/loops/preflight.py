@@ -120,8 +120,19 @@ def load_texts(
         for source in sources or [toy["pref_train"], toy["pref_test"]]:
             ds = load_preferences(str(source), tokenizer=tokenizer, **limits)
             out.prompts.extend(ds["prompt"])
-            out.responses.extend(ds["chosen"] + ds["rejected"])
+            out.responses.extend([*ds["chosen"], *ds["rejected"]])
     if "ppo" in stages:
-        for prompt_set in load_prompt_sets(cfg, run_dir, tokenizer):
-            out.prompts.extend(prompt_set.texts)
+        train, held_out = load_prompt_sets(cfg, run_dir, tokenizer)
+        out.prompts.extend(train.texts + held_out.texts)
+        if cfg.data.prompts_path and not cfg.data.eval_prompts_path:
+            logger.info(
+                "data.eval_prompts_path is not set: holding out %d of the %d prompts of %s as "
+                "eval prompts (data.eval_fraction=%g, seed %d); PPO trains on the other %d",
+                len(held_out.ids),
+                len(train.ids) + len(held_out.ids),
+                cfg.data.prompts_path,
+                cfg.data.eval_fraction,
+                cfg.run.seed,
+                len(train.ids),
+            )
     return out

@@ -91,21 +91,15 @@ def check_pair_columns(dataset: Any, cfg: RLHFConfig, source: str) -> None:
             )
 
 
-def _held_out_split(dataset: Any, seed: int) -> tuple[Any, Any]:
-    """(train, eval) of one validated dataset: a seeded shuffle, `EVAL_FRACTION` held out."""
-    shuffled = dataset.shuffle(seed=seed)
-    n_eval = max(1, round(EVAL_FRACTION * shuffled.num_rows))
-    return shuffled.select(range(n_eval, shuffled.num_rows)), shuffled.select(range(n_eval))
-
-
 def load_rm_tensors(
     cfg: RLHFConfig, run_dir: Path, base_dir: Path
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Validate (`load_preferences`, errors name file and row) and tokenize the train and
     held-out pairs: the toy world's pref_train / pref_test, or `data.preferences_path`
-    split by `_held_out_split`."""
+    split by `held_out_split`."""
     from ray_rlhf.data.limits import max_sequence_tokens
     from ray_rlhf.data.preferences import load_preferences
+    from ray_rlhf.data.sampler import held_out_split
     from ray_rlhf.models.builders import load_tokenizer
 
     tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
@@ -124,7 +118,7 @@ def load_rm_tensors(
         train, held_out = load(source), load(str(files["pref_test"]))
     else:
         source = cfg.data.preferences_path
-        train, held_out = _held_out_split(load(source), cfg.run.seed)
+        train, held_out = held_out_split(load(source), EVAL_FRACTION, cfg.run.seed)
     check_pair_columns(train, cfg, source)
     max_length = max_sequence_tokens(cfg.data)
     pairs = (

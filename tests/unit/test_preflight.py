@@ -174,3 +174,43 @@ def test_preflight_on_the_toy_world_keeps_toy_sizes(tmp_path: Path):
         TOY_PROMPT_TOKENS,
         TOY_RESPONSE_TOKENS,
     )
+
+
+# --------------------------------------------------------------------- held-out eval prompts
+
+
+@pytest.mark.parametrize(("rows", "held"), [(2, 1), (10, 1), (200, 10), (20000, 256)])
+def test_held_out_split_sizes(rows: int, held: int):
+    import datasets
+
+    from ray_rlhf.data.sampler import held_out_split
+
+    dataset = datasets.Dataset.from_dict({"id": [str(i) for i in range(rows)]})
+    train, held_out = held_out_split(dataset, 0.05, seed=3, max_rows=256)
+    assert held_out.num_rows == held
+    assert sorted([*train["id"], *held_out["id"]]) == sorted(dataset["id"])
+    again = held_out_split(dataset, 0.05, seed=3, max_rows=256)[1]
+    assert list(again["id"]) == list(held_out["id"])  # seeded: the same slice every time
+
+
+def test_eval_prompts_are_held_out_of_the_train_prompts(tmp_path, chat_model, caplog):
+    from ray_rlhf.loops.ppo import load_prompt_sets
+    from ray_rlhf.models import load_tokenizer
+
+    prompts = chat_prompts(tmp_path / "prompts.jsonl", 40)
+    cfg = ppo_config(tmp_path, chat_model, prompts, "data.eval_fraction=0.1")
+    run_dir = prepare_run_dir(cfg)
+    with caplog.at_level("INFO", logger="ray_rlhf"):
+        resolved = preflight(cfg, run_dir, ("ppo",))
+    assert "holding out 4 of the 40 prompts" in caplog.text
+    train, held_out = load_prompt_sets(resolved, run_dir, load_tokenizer(chat_model))
+    assert len(held_out.ids) == 4 and len(train.ids) == 36
+    assert not set(train.ids) & set(held_out.ids)
+    assert not held_out.toyworld
+
+
+def test_a_single_prompt_cannot_be_split(tmp_path, chat_model):
+    prompts = chat_prompts(tmp_path / "prompts.jsonl", 1)
+    cfg = ppo_config(tmp_path, chat_model, prompts)
+    with pytest.raises(DataValidationError, match="single prompt is too few"):
+        preflight(cfg, prepare_run_dir(cfg), ("ppo",))
