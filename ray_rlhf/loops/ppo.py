@@ -7,6 +7,7 @@ policy (SFT) ──► RolloutPool (vLLM) ──► RewardPool ──► PPO lea
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from ray_rlhf.loops.common import toyworld_files
 
 if TYPE_CHECKING:
     from ray_rlhf.distributed.ppo_trainer import PromptSet
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,8 @@ def run_job(cfg: RLHFConfig) -> PPOResult:
     from ray_rlhf.loops.preflight import preflight
 
     run_dir = prepare_run_dir(cfg)
+    if cfg.model.path is None:
+        logger.info("model.path is not set: SFT of the tiny model (model.tiny) runs first")
     cfg = preflight(cfg, run_dir, ("ppo",) if cfg.model.path else ("sft", "ppo"))
     started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:

@@ -1,9 +1,11 @@
 """What a run checks before Ray starts, and the token limits that settles.
 
-`preflight` loads and validates every data file the run's stages read, with the tokenizer of
-the model they start from, then resolves `data.max_prompt_tokens` / `data.max_response_tokens`
-(`ray_rlhf.data.limits`). Every command's `run_job` calls it once, before `init_ray` and
-before any stage trains, and hands the returned config to its stages.
+`preflight` checks the model dir the stages start from, the reward (PPO), and loads,
+tokenizes and validates every data file the stages read; then it resolves
+`data.max_prompt_tokens` / `data.max_response_tokens` (`ray_rlhf.data.limits`). Every
+command's `run_job` calls it once, before `init_ray` and before any stage trains (a PPO run
+without `model.path` checks the PPO prompts before its SFT stage starts), and hands the
+returned config to its stages.
 """
 
 from __future__ import annotations
@@ -48,15 +50,19 @@ def preflight(
     Raises:
         DataValidationError: Naming file, row and field of bad or over-long rows.
         ConfigError: Naming the keys of limits the model cannot hold.
-        ModelDirError: The model dir is missing or unusable.
+        ModelDirError: A model dir is missing or unusable.
+        ValueError: The reward rule cannot be imported or called as f(prompt, response).
     """
     from ray_rlhf.data.limits import resolve_token_limits
-    from ray_rlhf.models.builders import load_tokenizer
+    from ray_rlhf.models.builders import check_policy_dir, load_tokenizer
     from ray_rlhf.models.checkpoint import max_positions
 
     base = base_dir if base_dir is not None else prepare_base_model(cfg, run_dir)
+    check_policy_dir(base, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)
-    texts = load_texts(cfg, run_dir, tokenizer, stages)
+    if "ppo" in stages:
+        check_reward(cfg)
+    texts = validate_data(cfg, run_dir, tokenizer, stages)
     longest_prompt, longest_response = (_longest(tokenizer, t) for t in texts)
     limits = resolve_token_limits(
         cfg.data.max_prompt_tokens,
@@ -72,9 +78,22 @@ def preflight(
     resolved = dataclasses.replace(cfg, data=data)
     logger.info("token limits: %s", limits.describe())
     if longest_prompt > limits.prompt or longest_response > limits.response:
-        load_texts(resolved, run_dir, tokenizer, stages)  # names the rows that do not fit
+        validate_data(resolved, run_dir, tokenizer, stages)  # names the rows that do not fit
     dump_config(resolved, run_dir / "config.yaml")
     return resolved
+
+
+def check_reward(cfg: RLHFConfig) -> None:
+    """The reward rule imports and takes (prompt, response), or the RM dir is loadable."""
+    if cfg.reward.kind == "rule":
+        from ray_rlhf.reward.rules import load_rule
+
+        load_rule(cfg.reward.rule)
+    else:
+        from ray_rlhf.models.builders import load_tokenizer
+
+        assert cfg.reward.model_path is not None  # RewardConfig checks this
+        load_tokenizer(cfg.reward.model_path, trust_remote_code=cfg.model.trust_remote_code)
 
 
 def _longest(tokenizer: Any, texts: list[str]) -> int:
@@ -94,45 +113,79 @@ def uses_toy_data(cfg: RLHFConfig, stages: Collection[Stage]) -> bool:
     return all(path is None for stage in stages for path in paths[stage])
 
 
-def load_texts(
+def validate_data(
     cfg: RLHFConfig, run_dir: Path, tokenizer: Any, stages: Collection[Stage]
 ) -> RunTexts:
-    """Loads and validates the stages' data (set token limits are hard limits)."""
-    from ray_rlhf.data.preferences import load_preferences
-    from ray_rlhf.data.sft import load_sft
-    from ray_rlhf.loops.ppo import load_prompt_sets
+    """Loads and validates the stages' data as the stages will (set token limits are hard
+    limits); returns their prompts and responses."""
+    out = RunTexts([], [])
+    if "sft" in stages:
+        _sft_texts(cfg, run_dir, tokenizer, out)
+    if "rm" in stages:
+        _preference_texts(cfg, run_dir, tokenizer, out)
+    if "ppo" in stages:
+        _prompt_texts(cfg, run_dir, tokenizer, out)
+    return out
 
-    limits = {
+
+def _limits(cfg: RLHFConfig) -> dict[str, int | None]:
+    return {
         "max_prompt_tokens": cfg.data.max_prompt_tokens,
         "max_response_tokens": cfg.data.max_response_tokens,
     }
-    needs_toy = ("sft" in stages and cfg.data.sft_path is None) or (
-        "rm" in stages and cfg.data.preferences_path is None
-    )
-    toy = toyworld_files(cfg, run_dir) if needs_toy else {}
-    out = RunTexts([], [])
-    if "sft" in stages:
-        ds = load_sft(str(cfg.data.sft_path or toy["sft"]), tokenizer=tokenizer, **limits)
+
+
+def _sft_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTexts) -> None:
+    from ray_rlhf.data.sft import load_sft
+
+    source = cfg.data.sft_path or toyworld_files(cfg, run_dir)["sft"]
+    ds = load_sft(str(source), tokenizer=tokenizer, **_limits(cfg))
+    out.prompts.extend(ds["prompt"])
+    out.responses.extend(ds["response"])
+
+
+def _preference_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTexts) -> None:
+    """Preference pairs: rows, the per-pair columns `cfg.rm` reads, held-out pairs per rank."""
+    from ray_rlhf.data.preferences import load_preferences
+    from ray_rlhf.data.sampler import held_out_split
+    from ray_rlhf.loops.rm import EVAL_FRACTION, check_held_out_pairs, check_pair_columns
+
+    def load(source: str) -> Any:
+        ds = load_preferences(source, tokenizer=tokenizer, **_limits(cfg))
         out.prompts.extend(ds["prompt"])
-        out.responses.extend(ds["response"])
-    if "rm" in stages:
-        sources = [cfg.data.preferences_path] if cfg.data.preferences_path else []
-        for source in sources or [toy["pref_train"], toy["pref_test"]]:
-            ds = load_preferences(str(source), tokenizer=tokenizer, **limits)
-            out.prompts.extend(ds["prompt"])
-            out.responses.extend([*ds["chosen"], *ds["rejected"]])
-    if "ppo" in stages:
-        train, held_out = load_prompt_sets(cfg, run_dir, tokenizer)
-        out.prompts.extend(train.texts + held_out.texts)
-        if cfg.data.prompts_path and not cfg.data.eval_prompts_path:
-            logger.info(
-                "data.eval_prompts_path is not set: holding out %d of the %d prompts of %s as "
-                "eval prompts (data.eval_fraction=%g, seed %d); PPO trains on the other %d",
-                len(held_out.ids),
-                len(train.ids) + len(held_out.ids),
-                cfg.data.prompts_path,
-                cfg.data.eval_fraction,
-                cfg.run.seed,
-                len(train.ids),
-            )
-    return out
+        out.responses.extend([*ds["chosen"], *ds["rejected"]])
+        return ds
+
+    if cfg.data.preferences_path is None:
+        toy = toyworld_files(cfg, run_dir)
+        source, eval_source = str(toy["pref_train"]), str(toy["pref_test"])
+        check_pair_columns(load(source), cfg, source)
+        n_eval = load(eval_source).num_rows
+    else:
+        source = eval_source = cfg.data.preferences_path
+        pairs = load(source)
+        check_pair_columns(pairs, cfg, source)
+        held_out = held_out_split(pairs, EVAL_FRACTION, cfg.run.seed)[1] if len(pairs) > 1 else []
+        n_eval = len(held_out)
+    check_held_out_pairs(n_eval, cfg, eval_source)
+
+
+def _prompt_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTexts) -> None:
+    """PPO's train and eval prompts (and their contrastive baselines, when enabled)."""
+    from ray_rlhf.loops.ppo import check_baselines, load_prompt_sets
+
+    train, held_out = load_prompt_sets(cfg, run_dir, tokenizer)
+    out.prompts.extend(train.texts + held_out.texts)
+    if cfg.data.prompts_path and not cfg.data.eval_prompts_path:
+        logger.info(
+            "data.eval_prompts_path is not set: holding out %d of the %d prompts of %s as "
+            "eval prompts (data.eval_fraction=%g, seed %d); PPO trains on the other %d",
+            len(held_out.ids),
+            len(train.ids) + len(held_out.ids),
+            cfg.data.prompts_path,
+            cfg.data.eval_fraction,
+            cfg.run.seed,
+            len(train.ids),
+        )
+    if cfg.contrastive.enabled:
+        check_baselines(cfg, [train, held_out])

@@ -70,8 +70,10 @@ def check_pair_columns(dataset: Any, cfg: RLHFConfig, source: str) -> None:
     """The per-pair columns `cfg.rm` reads exist and are finite, before any training.
 
     Raises:
-        ValueError: Naming `source`, the column and the first bad row.
+        DataValidationError: Naming `source`, the column and the first bad row.
     """
+    from ray_rlhf.data.errors import DataValidationError
+
     needed = []
     if cfg.rm.uses_strength:
         needed.append((STRENGTH_COLUMN, f"rm.loss={cfg.rm.loss!r}"))
@@ -80,15 +82,34 @@ def check_pair_columns(dataset: Any, cfg: RLHFConfig, source: str) -> None:
     for column, why in needed:
         if column not in dataset.column_names:
             hint = " (write it with `ray-rlhf preference-strength`)" * (column == STRENGTH_COLUMN)
-            raise ValueError(f"{source}: {why} needs a {column!r} column{hint}")
+            raise DataValidationError(source, f"{why} needs a {column!r} column{hint}")
         values = torch.tensor(dataset[column], dtype=torch.float64)
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad):
             row = int(bad[0])
-            raise ValueError(
-                f"{source}: row {row} (id {dataset['id'][row]!r}): {column!r} is "
-                f"{values[row].item()}, not a finite number"
+            raise DataValidationError(
+                source,
+                f"id {dataset['id'][row]!r}: {values[row].item()}, not a finite number",
+                row=row,
+                field=column,
             )
+
+
+def check_held_out_pairs(n_eval: int, cfg: RLHFConfig, source: str) -> None:
+    """Every learner rank needs held-out pairs to evaluate.
+
+    Raises:
+        DataValidationError: Fewer held-out pairs than `learner.num_workers`.
+    """
+    from ray_rlhf.data.errors import DataValidationError
+
+    workers = cfg.learner.num_workers
+    if n_eval < workers:
+        raise DataValidationError(
+            source,
+            f"{n_eval} held-out preference pair(s), fewer than learner.num_workers={workers} "
+            "(every rank evaluates some); add pairs or lower learner.num_workers",
+        )
 
 
 def load_rm_tensors(
@@ -142,11 +163,7 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
     train, held_out = load_rm_tensors(cfg, run_dir, policy_dir)
     n, width = train["chosen_input_ids"].shape
     n_eval = held_out["chosen_input_ids"].shape[0]
-    if n_eval < cfg.learner.num_workers:
-        raise ValueError(
-            f"{n_eval} held-out preference pairs; need at least learner.num_workers "
-            f"({cfg.learner.num_workers}) so every rank evaluates some"
-        )
+    check_held_out_pairs(n_eval, cfg, cfg.data.preferences_path or "the toy world's pref_test")
     print(
         f"[rm] {n} pairs (max {width} tokens), {n_eval} held out, "
         f"{cfg.rm.steps} steps, head {cfg.rm.head}, {cfg.learner.num_workers} workers, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import numbers
 import sys
 from collections.abc import Callable, Sequence
@@ -85,7 +86,7 @@ def load_rule(spec: str) -> Rule:
 
     Raises:
         ValueError: Naming the spec, if its format is wrong, the module or file does not
-            exist, the attribute is missing, or the attribute is not callable.
+            exist, the attribute is missing, or it is not callable with two arguments.
     """
     where, name = _split_spec(spec)
     if where.endswith(_FILE_SUFFIX):
@@ -97,6 +98,14 @@ def load_rule(spec: str) -> Rule:
     rule = getattr(module, name)
     if not callable(rule):
         raise ValueError(f"rule {spec!r}: {name!r} is a {type(rule).__name__}, not callable")
+    try:
+        inspect.signature(rule).bind("prompt", "response")
+    except TypeError as err:
+        raise ValueError(
+            f"rule {spec!r}: {name!r} cannot be called as {name}(prompt, response): {err}"
+        ) from err
+    except ValueError:  # no signature to inspect (some builtins): calls will tell
+        pass
     return rule
 
 

@@ -214,3 +214,60 @@ def test_a_single_prompt_cannot_be_split(tmp_path, chat_model):
     cfg = ppo_config(tmp_path, chat_model, prompts)
     with pytest.raises(DataValidationError, match="single prompt is too few"):
         preflight(cfg, prepare_run_dir(cfg), ("ppo",))
+
+
+# --------------------------------------------------------------------- checks before Ray
+
+
+def test_a_reward_rule_that_cannot_be_called_stops_preflight(tmp_path, chat_model):
+    prompts = chat_prompts(tmp_path / "prompts.jsonl", 10)
+    rule = tmp_path / "rule.py"
+    rule.write_text("def one_arg(response):\n    return 1.0\n\nNOT_A_FUNCTION = 3\n")
+    for spec, pattern in [
+        (f"{rule}:one_arg", r"cannot be called as one_arg\(prompt, response\)"),
+        (f"{rule}:NOT_A_FUNCTION", "not callable"),
+        ("no_such_module_xyz:f", "not found"),
+    ]:
+        cfg = ppo_config(tmp_path, chat_model, prompts, f"reward.rule={spec}")
+        with pytest.raises(ValueError, match=pattern):
+            preflight(cfg, prepare_run_dir(cfg), ("ppo",))
+
+
+def test_a_bad_model_dir_stops_preflight(tmp_path):
+    from ray_rlhf.models import ModelDirError
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (pickled / "pytorch_model.bin").write_bytes(b"")
+    for path, pattern in [(tmp_path / "missing", "does not exist"), (pickled, "pickle")]:
+        cfg = load_config(None, [f"run.output_dir={tmp_path / 'runs'}", f"model.path={path}"])
+        with pytest.raises(ModelDirError, match=pattern):
+            preflight(cfg, prepare_run_dir(cfg), ("ppo",))
+
+
+def test_preference_checks_run_before_training(tmp_path, chat_model):
+    pairs = tmp_path / "pairs.jsonl"
+    row = {"prompt": "sort the list", "chosen": "1 2 3", "rejected": "3 2 1"}
+    pairs.write_text(json.dumps(row) + "\n")
+    base = [f"run.output_dir={tmp_path / 'runs'}", f"model.path={chat_model}"]
+    cfg = load_config(None, [*base, f"data.preferences_path={pairs}"])
+    with pytest.raises(DataValidationError, match="0 held-out preference pair"):
+        preflight(cfg, prepare_run_dir(cfg), ("rm",))
+    cfg = load_config(None, [*base, f"data.preferences_path={pairs}", "rm.loss=flip"])
+    with pytest.raises(DataValidationError, match="needs a 'strength' column"):
+        preflight(cfg, prepare_run_dir(cfg), ("rm",))
+
+
+def test_ppo_job_with_bad_prompts_fails_before_ray_and_before_sft(tmp_path):
+    import ray
+
+    from ray_rlhf.loops import ppo
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "sort 1 2 ="}\n{"prompt": ""}\n')
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", f"data.prompts_path={prompts}"])
+    with pytest.raises(DataValidationError, match="row 1, field 'prompt': empty text"):
+        ppo.run_job(cfg)
+    assert not ray.is_initialized()
+    assert not (cfg.run.run_dir / "policy").exists()  # the SFT stage never started
