@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ray_rlhf.config_checks import check_combinations
+from ray_rlhf.config_checks import requested_cpus as requested_cpus  # re-exported
 from ray_rlhf.config_rewards import ContrastiveConfig, RMConfig, SegmentConfig
 from ray_rlhf.data.toyworld.spec import ToyWorldConfig
 from ray_rlhf.typed_config import (
@@ -124,6 +126,7 @@ class LearnerConfig:
         _check(self.num_workers >= 1, "num_workers", "must be >= 1")
         _check(self.cpus_per_worker >= 1, "cpus_per_worker", "must be >= 1")
         _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        _check(self.max_failures >= -1, "max_failures", "must be >= 0 (or -1: unlimited)")
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,11 @@ class KLConfig:
 
     def __post_init__(self) -> None:
         _check(self.coef >= 0, "coef", "must be >= 0")
+        _check(
+            self.coef > 0 or not self.adaptive,
+            "coef",
+            "must be > 0 with adaptive=true (the controller scales it; 0 stays 0)",
+        )
         _check(self.target > 0, "target", "must be > 0")
         _check(self.horizon > 0, "horizon", "must be > 0")
 
@@ -294,6 +302,8 @@ class PPOConfig:
             "minibatch_size",
             f"must be a multiple of micro_batch_size ({self.micro_batch_size})",
         )
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.critic_lr > 0, "critic_lr", "must be > 0")
         _check(0 < self.clip_eps < 1, "clip_eps", "must be in (0, 1)")
         _check(0 <= self.gamma <= 1, "gamma", "must be in [0, 1]")
         _check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
@@ -352,41 +362,7 @@ class RLHFConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self) -> None:
-        per_worker, rest = divmod(self.sft.batch_size, self.learner.num_workers)
-        _check(
-            rest == 0 and per_worker > 0,
-            "sft.batch_size",
-            f"must be a positive multiple of learner.num_workers ({self.learner.num_workers})",
-        )
-        _check(
-            self.rm.batch_size % self.learner.num_workers == 0,
-            "rm.batch_size",
-            f"must be a multiple of learner.num_workers ({self.learner.num_workers})",
-        )
-        _check(
-            self.ppo.minibatch_size % self.learner.num_workers == 0,
-            "ppo.minibatch_size",
-            f"must be a multiple of learner.num_workers ({self.learner.num_workers})",
-        )
-        _check(
-            self.rm.head != "per_position" or self.segment.reward_granularity != "bandit",
-            "segment.reward_granularity",
-            "must be 'segment' or 'token' with rm.head=per_position (it picks the segmentation)",
-        )
-        _check(
-            self.ppo.advantage not in ("rloo", "grpo") or self.rollout.n_samples >= 2,
-            "rollout.n_samples",
-            f"must be >= 2 for ppo.advantage={self.ppo.advantage!r} (group baselines)",
-        )
-
-
-def requested_cpus(cfg: RLHFConfig) -> int:
-    """CPUs the learners, rollout actors and reward actors of `cfg` request in total."""
-    return (
-        cfg.learner.num_workers * cfg.learner.cpus_per_worker
-        + cfg.rollout.num_actors * cfg.rollout.cpus_per_actor
-        + cfg.reward.num_actors
-    )
+        check_combinations(self)  # checks across sections (config_checks.py)
 
 
 # --------------------------------------------------------------------------- loading
