@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_rlhf.config import ConfigError, RLHFConfig
+from ray_rlhf.data.errors import DataValidationError
 from ray_rlhf.types import RolloutBatch
 
 SHARD_DIR = "baseline_shards"
@@ -119,7 +120,10 @@ def baseline_prompts(
                 ids.append(pid)
                 texts.append(text)
             elif known[pid] != text:
-                raise ValueError(f"prompt id {pid!r} names two prompts: {known[pid]!r}, {text!r}")
+                raise DataValidationError(
+                    cfg.data.eval_prompts_path or "eval prompts",
+                    f"prompt id {pid!r} names two prompts: {known[pid]!r}, {text!r}",
+                )
     return ids, texts
 
 

@@ -53,6 +53,7 @@ def preflight(
         ModelDirError: A model dir is missing or unusable.
         ValueError: The reward rule cannot be imported or called as f(prompt, response).
     """
+    from ray_rlhf.data.errors import DataValidationError
     from ray_rlhf.data.limits import resolve_token_limits
     from ray_rlhf.models.builders import check_policy_dir, load_tokenizer
     from ray_rlhf.models.checkpoint import max_positions
@@ -78,7 +79,15 @@ def preflight(
     resolved = dataclasses.replace(cfg, data=data)
     logger.info("token limits: %s", limits.describe())
     if longest_prompt > limits.prompt or longest_response > limits.response:
-        validate_data(resolved, run_dir, tokenizer, stages)  # names the rows that do not fit
+        try:  # the rows the model cannot hold; the error names them
+            validate_data(resolved, run_dir, tokenizer, stages)
+        except DataValidationError as error:
+            error.hint = (
+                f"The token limits were derived ({limits.describe()}): the model cannot hold "
+                "these rows. Shorten or drop them, or start from a model with a longer context "
+                "(max_position_embeddings)."
+            )
+            raise
     dump_config(resolved, run_dir / "config.yaml")
     return resolved
 

@@ -19,14 +19,22 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ray_rlhf.errors import UserError
+
 METADATA_FILE = "ray_rlhf.json"
 """Name of the JSON file `save_hf_model` writes next to the weights when given metadata."""
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-class ModelDirError(ValueError):
+class ModelDirError(UserError, ValueError):
     """A model directory is missing, incomplete, unreadable or of an unusable kind."""
+
+    kind = "model error"
+    hint = (
+        "model.path (and reward.model_path) must be a local Hugging Face model directory with "
+        "config.json, tokenizer files and *.safetensors weights."
+    )
 
 
 def _sibling(path: Path, tag: str) -> Path:
