@@ -8,8 +8,6 @@ of being retried (`ray_rlhf.distributed.trainer`): it would fail the same way ag
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 
 class UserError(Exception):
     """Bad input the user can fix; the message says what is wrong and where.
@@ -21,7 +19,7 @@ class UserError(Exception):
             traceback); empty by default.
     """
 
-    kind: ClassVar[str] = "error"
+    kind: str = "error"
     hint: str = ""
     details: str = ""
 

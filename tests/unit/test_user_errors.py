@@ -101,3 +101,54 @@ def test_a_finished_run_dir_is_a_run_dir_error(tmp_path, capsys, monkeypatch):
     assert err.startswith("ray-rlhf sft: run dir error: run.name:")
     assert "run.overwrite=true" in err
     assert not (tmp_path / "sft" / "logs").exists()  # the finished run is left alone
+
+
+# --------------------------------------------------------------------- errors in Ray Train workers
+
+
+def test_a_worker_records_user_errors_only(tmp_path):
+    from ray_rlhf.distributed.trainer import WorkerUserError, _recording_user_errors
+
+    record = tmp_path / "logs" / "ppo_user_error.json"
+
+    def crashes(config):
+        raise RuntimeError("lost a node")
+
+    with pytest.raises(RuntimeError):
+        _recording_user_errors(crashes, record)({})
+    assert not record.exists()  # a crash stays retryable
+
+    def bad_rule(config):
+        raise RewardError("row 3 (prompt id 'p1', response 'x'): rule 'r.py:f' raised KeyError")
+
+    with pytest.raises(RewardError):
+        _recording_user_errors(bad_rule, record)({})
+    error = WorkerUserError.from_record(record)
+    assert isinstance(error, UserError)
+    assert (error.kind, error.hint) == ("reward error", RewardError.hint)
+    assert str(error).startswith("row 3 (prompt id 'p1'")
+    assert "Traceback" in error.details and "bad_rule" in error.details
+
+
+def test_user_errors_from_ray_actors_are_unwrapped():
+    from ray.exceptions import RayTaskError
+
+    from ray_rlhf.distributed.trainer import _user_error
+
+    cause = RewardError("reward of row 0 is not finite (nan)")
+    wrapped = RayTaskError("RewardScorer.compute", "remote traceback", cause)
+    assert _user_error(wrapped) is cause
+    assert _user_error(wrapped.as_instanceof_cause()) is cause
+    assert _user_error(RayTaskError("f", "tb", RuntimeError("oom"))) is None
+    assert _user_error(ValueError("a bug")) is None
+
+
+def test_the_controller_callback_stops_only_on_a_record(tmp_path):
+    from ray_rlhf.distributed.trainer import _StopOnUserError
+
+    record = tmp_path / "ppo_user_error.json"
+    callback = _StopOnUserError(record)
+    callback.after_exception(None, {0: RuntimeError("crash")})  # no record: Ray Train retries
+    record.write_text("{}")
+    with pytest.raises(RuntimeError, match="user error"):
+        callback.after_exception(None, {0: RuntimeError("recorded")})
