@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     log_to_console()
     argv = sys.argv[1:] if argv is None else argv
-    prog = " ".join(["ray-rlhf", *[a for a in argv[:1] if a in _COMMANDS]])
+    prog = f"ray-rlhf {argv[0]}" if argv and argv[0] in _COMMANDS else "ray-rlhf"
     try:
         command, cfg = parse_config(argv)
         if command == "config":
