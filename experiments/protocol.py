@@ -109,6 +109,9 @@ def load_experiment(name: str, path: str | Path, overrides: list[str]) -> Experi
     tree.setdefault("run", {}).setdefault("name", name)
     tree["run"].setdefault("output_dir", "runs/experiments")
     base = build(RLHFConfig, merge({}, tree), "")
+    for key in ("max_prompt_tokens", "max_response_tokens"):
+        check(getattr(base.data, key) is not None, f"data.{key}",
+              "experiments fix the token limits in their config (they key the shared stages)")
     arms = {}
     for arm, changes in raw_arms.items():
         check(isinstance(changes, dict | None), f"arms.{arm}", "must be a mapping of overrides")

@@ -7,7 +7,9 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-from ray_rlhf.config import ConfigError, RLHFConfig, load_config, to_dict
+from ray_rlhf.config import RLHFConfig, load_config, to_dict
+from ray_rlhf.errors import UserError
+from ray_rlhf.logs import log_to_console, report_user_error
 
 
 @dataclass(frozen=True)
@@ -89,19 +91,26 @@ def parse_config(argv: list[str] | None = None) -> tuple[str, RLHFConfig]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point."""
+    """Console entry point.
+
+    A `UserError` (bad config, data, model dir, reward rule or run dir) ends the command
+    with one paragraph on stderr, its traceback in the run's `logs/driver.log`, and exit
+    code 2 (`ray_rlhf.logs.report_user_error`).
+    """
+    log_to_console()
+    argv = sys.argv[1:] if argv is None else argv
+    prog = f"ray-rlhf {argv[0]}" if argv and argv[0] in _COMMANDS else "ray-rlhf"
     try:
         command, cfg = parse_config(argv)
-    except ConfigError as exc:
-        print(f"ray-rlhf: config error: {exc}", file=sys.stderr)
-        return 2
-    if command == "config":
-        import yaml
+        if command == "config":
+            import yaml
 
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return 0
-    loop = importlib.import_module(f"ray_rlhf.loops.{_COMMANDS[command].loop}")
-    loop.run_job(cfg)  # imported here: `ray-rlhf config` and --help stay fast
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            return 0
+        loop = importlib.import_module(f"ray_rlhf.loops.{_COMMANDS[command].loop}")
+        loop.run_job(cfg)  # imported here: `ray-rlhf config` and --help stay fast
+    except UserError as error:
+        return report_user_error(error, prog)
     return 0
 
 

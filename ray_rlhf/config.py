@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ray_rlhf.config_checks import check_combinations
+from ray_rlhf.config_checks import requested_cpus as requested_cpus  # re-exported
 from ray_rlhf.config_meta import MetaConfig
 from ray_rlhf.config_rewards import ContrastiveConfig, RMConfig, SegmentConfig
 from ray_rlhf.data.toyworld.spec import ToyWorldConfig
@@ -69,19 +71,37 @@ class DataConfig:
     prompts_path: str | None = None
     """RL prompt file/dir or hub name. None: the toy world's train prompts."""
     eval_prompts_path: str | None = None
-    """Held-out prompts for evaluation. None: the toy world's test prompts."""
+    """Held-out prompts for evaluation. None: a seeded slice of `prompts_path`
+    (`eval_fraction`), or the toy world's test prompts when `prompts_path` is None too."""
+    eval_fraction: float = 0.05
+    """Share of `prompts_path` held out as eval prompts when `eval_prompts_path` is None
+    (seeded by `run.seed`; at least 1 and at most 256 prompts)."""
     preferences_path: str | None = None
     """Preference pairs for RM training. None: the toy world's train pairs."""
-    max_prompt_tokens: int = 32
-    """Longer prompts are a data error (reported with file and row), never truncated."""
-    max_response_tokens: int = 16
-    """Generation length limit; longer SFT / preference responses are a data error."""
+    max_prompt_tokens: int | None = None
+    """Longest prompt in tokens; a longer one is a data error (file, row, field), never
+    truncated. None: the longest prompt of the run's data (the toy world: 32), capped by the
+    model's `max_position_embeddings` (`ray_rlhf.data.limits`)."""
+    max_response_tokens: int | None = None
+    """Generation length limit; longer SFT / preference responses are a data error. None:
+    256, or the longest SFT / preference response if longer (the toy world: 16), capped by
+    the model's `max_position_embeddings` minus the prompt limit."""
     toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     """The built-in toy world (used wherever a path above is None)."""
 
     def __post_init__(self) -> None:
-        _check(self.max_prompt_tokens > 0, "max_prompt_tokens", "must be > 0")
-        _check(self.max_response_tokens > 0, "max_response_tokens", "must be > 0")
+        _check(0 < self.eval_fraction < 1, "eval_fraction", "must be in (0, 1)")
+        derived = "must be > 0 (or null: derived from the data)"
+        _check(
+            self.max_prompt_tokens is None or self.max_prompt_tokens > 0,
+            "max_prompt_tokens",
+            derived,
+        )
+        _check(
+            self.max_response_tokens is None or self.max_response_tokens > 0,
+            "max_response_tokens",
+            derived,
+        )
 
 
 @dataclass(frozen=True)
@@ -107,6 +127,7 @@ class LearnerConfig:
         _check(self.num_workers >= 1, "num_workers", "must be >= 1")
         _check(self.cpus_per_worker >= 1, "cpus_per_worker", "must be >= 1")
         _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        _check(self.max_failures >= -1, "max_failures", "must be >= 0 (or -1: unlimited)")
 
 
 @dataclass(frozen=True)
@@ -224,6 +245,11 @@ class KLConfig:
 
     def __post_init__(self) -> None:
         _check(self.coef >= 0, "coef", "must be >= 0")
+        _check(
+            self.coef > 0 or not self.adaptive,
+            "coef",
+            "must be > 0 with adaptive=true (the controller scales it; 0 stays 0)",
+        )
         _check(self.target > 0, "target", "must be > 0")
         _check(self.horizon > 0, "horizon", "must be > 0")
 
@@ -279,6 +305,8 @@ class PPOConfig:
             "minibatch_size",
             f"must be a multiple of micro_batch_size ({self.micro_batch_size})",
         )
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.critic_lr > 0, "critic_lr", "must be > 0")
         _check(0 < self.clip_eps < 1, "clip_eps", "must be in (0, 1)")
         _check(0 <= self.gamma <= 1, "gamma", "must be in [0, 1]")
         _check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
@@ -338,47 +366,13 @@ class RLHFConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self) -> None:
-        per_worker, rest = divmod(self.sft.batch_size, self.learner.num_workers)
-        _check(
-            rest == 0 and per_worker > 0,
-            "sft.batch_size",
-            f"must be a positive multiple of learner.num_workers ({self.learner.num_workers})",
-        )
-        _check(
-            self.rm.batch_size % self.learner.num_workers == 0,
-            "rm.batch_size",
-            f"must be a multiple of learner.num_workers ({self.learner.num_workers})",
-        )
-        _check(
-            self.ppo.minibatch_size % self.learner.num_workers == 0,
-            "ppo.minibatch_size",
-            f"must be a multiple of learner.num_workers ({self.learner.num_workers})",
-        )
-        _check(
-            self.rm.head != "per_position" or self.segment.reward_granularity != "bandit",
-            "segment.reward_granularity",
-            "must be 'segment' or 'token' with rm.head=per_position (it picks the segmentation)",
-        )
-        _check(
-            self.ppo.advantage not in ("rloo", "grpo") or self.rollout.n_samples >= 2,
-            "rollout.n_samples",
-            f"must be >= 2 for ppo.advantage={self.ppo.advantage!r} (group baselines)",
-        )
+        check_combinations(self)  # checks across sections (config_checks.py)
         _check(
             self.data.preferences_path is not None
             or self.meta.domains_per_step <= len(self.data.toyworld.domains),
             "meta.domains_per_step",
             f"must be <= the toy world's {len(self.data.toyworld.domains)} training domains",
         )
-
-
-def requested_cpus(cfg: RLHFConfig) -> int:
-    """CPUs the learners, rollout actors and reward actors of `cfg` request in total."""
-    return (
-        cfg.learner.num_workers * cfg.learner.cpus_per_worker
-        + cfg.rollout.num_actors * cfg.rollout.cpus_per_actor
-        + cfg.reward.num_actors
-    )
 
 
 # --------------------------------------------------------------------------- loading

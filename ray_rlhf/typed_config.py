@@ -14,9 +14,17 @@ from typing import Any, Literal
 
 import yaml
 
+from ray_rlhf.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config value is unknown, mistyped or inconsistent; the message names the key."""
+
+    kind = "config error"
+    hint = (
+        "Fix the key in the config file or on the command line (section.key=value); "
+        "`ray-rlhf config` prints every key with its default."
+    )
 
 
 def check(ok: bool, key: str, problem: str) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ray_rlhf.errors import UserError
+
 DEFAULT_PROBLEM_LIMIT = 10
 """How many problems one `DataValidationError` lists before it only counts the rest."""
 
@@ -41,7 +43,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError, ValueError):
     """Input data is malformed; raised before any expensive work starts.
 
     `str(error)` reads like "prefs.jsonl row 3, field 'chosen': empty text". When several
@@ -54,6 +56,12 @@ class DataValidationError(ValueError):
         problems: Every listed problem, the first one included.
         omitted: How many further problems were found but not listed.
     """
+
+    kind = "data error"
+    hint = (
+        "Fix or drop the rows named above (layouts and limits: README, 'Your own model and "
+        "data'); every data file is checked before Ray starts."
+    )
 
     def __init__(
         self,

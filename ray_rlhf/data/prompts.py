@@ -288,13 +288,27 @@ def check_token_lengths(
     """Records a problem for each text longer than `limit` tokens (special tokens excluded)."""
     if limit is None or tokenizer is None:
         return
+    for row, count in enumerate(count_tokens(tokenizer, texts)):
+        if count is not None and count > limit:
+            problems.add(row, field, f"{count} tokens, more than {limit_name}={limit}")
+
+
+def count_tokens(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | None]
+) -> list[int | None]:
+    """Tokens of each text as the length limits count them (special tokens excluded).
+
+    Returns:
+        One count per text; None where the text is None.
+    """
+    counts: list[int | None] = [None] * len(texts)
     rows = [row for row, text in enumerate(texts) if text is not None]
     for start in range(0, len(rows), _TOKENIZE_CHUNK):
         chunk = rows[start : start + _TOKENIZE_CHUNK]
         encoded = tokenizer([texts[row] for row in chunk], add_special_tokens=False)["input_ids"]
         for row, ids in zip(chunk, encoded, strict=True):
-            if len(ids) > limit:
-                problems.add(row, field, f"{len(ids)} tokens, more than {limit_name}={limit}")
+            counts[row] = len(ids)
+    return counts
 
 
 def read_ids(

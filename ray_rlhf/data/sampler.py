@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -26,3 +28,22 @@ def global_batch_indices(num_examples: int, batch_size: int, step: int, seed: in
         out.append(chunk)
         taken += len(chunk)
     return torch.cat(out)
+
+
+def held_out_split(
+    dataset: Any, fraction: float, seed: int, *, max_rows: int | None = None
+) -> tuple[Any, Any]:
+    """(train, held out) rows of a `datasets.Dataset`: a seeded shuffle, then the first
+    max(1, round(fraction * rows)) rows, at most `max_rows`, are held out.
+
+    Raises:
+        ValueError: The dataset has fewer than 2 rows (nothing would be left to train on).
+    """
+    if dataset.num_rows < 2:
+        raise ValueError(f"need at least 2 rows to hold some out, got {dataset.num_rows}")
+    shuffled = dataset.shuffle(seed=seed)
+    n_held = max(1, round(fraction * shuffled.num_rows))
+    if max_rows is not None:
+        n_held = min(n_held, max_rows)
+    n_held = min(n_held, shuffled.num_rows - 1)
+    return shuffled.select(range(n_held, shuffled.num_rows)), shuffled.select(range(n_held))

@@ -75,17 +75,30 @@ def report_checkpoint(
 
 def restore_latest(learner: Any) -> dict[str, Any] | None:
     """Load the checkpoint Ray Train hands this worker (after a restart or on a rerun of
-    the same run) into `learner`; its JSON state, or None when starting fresh."""
+    the same run) into `learner`; its JSON state, or None when starting fresh.
+
+    Raises:
+        CheckpointError: The checkpoint does not fit the learner (another model or config
+            wrote this run dir); a retry would fail the same way.
+    """
     import ray.train
 
+    from ray_rlhf.errors import CheckpointError
     from ray_rlhf.models.checkpoint import load_json
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        learner.load_checkpoint(directory)
-        return load_json(Path(directory) / STATE_FILE)
+        try:
+            learner.load_checkpoint(directory)
+            return load_json(Path(directory) / STATE_FILE)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"the latest checkpoint of this run ({checkpoint.path}) does not fit the "
+                f"{type(learner).__name__} of this config: {type(err).__name__}: "
+                f"{str(err).strip().splitlines()[0][:300]}"
+            ) from err
 
 
 def restore_step(learner: Any, tag: str) -> int:

@@ -1,19 +1,32 @@
-"""The one place a Ray Train `TorchTrainer` is built for the learners (SFT, PPO, RM)."""
+"""The one place a Ray Train `TorchTrainer` is built for the learners (SFT, PPO, RM).
+
+Retries are for crashes and lost nodes, not for user errors. A `UserError` raised in a
+worker (or in a Ray actor the worker called, e.g. a reward rule that raises or returns NaN)
+would fail again after a restart, so the worker records it in the run's `logs/` dir before it
+raises, a controller callback that sees the record ends the run without a retry (Ray Train
+2.60 retries every worker error up to `max_failures`, but not an error raised by a callback),
+and the driver raises the recorded error as a `WorkerUserError`.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray.train
 import torch
+from ray.exceptions import RayTaskError
 from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.distributed.runtime import LEARNER_RESOURCE, custom_resource
+from ray_rlhf.errors import UserError
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_INTERVAL_S = "0.1"
@@ -34,14 +47,19 @@ def fit_learners(
     resumes from the latest one (Ray Train restores it into `ray.train.get_checkpoint()`),
     and up to `learner.max_failures` worker-group failures restart from it. Paths inside
     `loop_config` must be absolute: workers run in their own working directory.
+
+    Raises:
+        WorkerUserError: A worker raised a `UserError`; the run stopped without a retry.
     """
     # Ray Train's controller drains each worker's one-slot report queue once per health
     # check (2 s by default), so a `ray.train.report` that comes sooner blocks the loop until
     # the next poll: tiny-model PPO iterations of ~0.4 s took ~2 s (benchmarks/, README
     # "Performance"). Ray Train passes the driver's value on to its controller.
     os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)
+    record = (run_dir / "logs" / f"{name}_user_error.json").resolve()
+    record.unlink(missing_ok=True)
     trainer = TorchTrainer(
-        loop,
+        _recording_user_errors(loop, record),
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=cfg.learner.num_workers,
@@ -56,9 +74,77 @@ def fit_learners(
             storage_path=str((run_dir / "ray_train").resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.learner.max_failures),
+            callbacks=[_StopOnUserError(record)],
         ),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        if not record.is_file():
+            raise
+        raise WorkerUserError.from_record(record) from err
+
+
+class WorkerUserError(UserError):
+    """A `UserError` a Ray Train worker raised: its kind, message and hint, and the worker's
+    traceback as `details`."""
+
+    def __init__(self, kind: str, message: str, hint: str, details: str) -> None:
+        super().__init__(message)
+        self.kind, self.hint, self.details = kind, hint, details
+
+    @classmethod
+    def from_record(cls, record: Path) -> WorkerUserError:
+        """The error a worker wrote to `record` (see `_recording_user_errors`)."""
+        fields = json.loads(record.read_text())
+        return cls(fields["kind"], fields["message"], fields["hint"], fields["traceback"])
+
+
+def _user_error(err: BaseException) -> UserError | None:
+    """The `UserError` behind `err`: itself, or what a Ray actor task raised."""
+    if isinstance(err, RayTaskError):
+        err = err.cause
+    return err if isinstance(err, UserError) else None
+
+
+def _recording_user_errors(
+    loop: Callable[[dict[str, Any]], None], record: Path
+) -> Callable[[dict[str, Any]], None]:
+    """`loop`, writing a `UserError` it raises to `record` (JSON) before re-raising it."""
+
+    @functools.wraps(loop)
+    def run(config: dict[str, Any]) -> None:
+        try:
+            loop(config)
+        except Exception as err:
+            user_error = _user_error(err)
+            if user_error is not None:
+                fields = {
+                    "kind": user_error.kind,
+                    "message": str(user_error),
+                    "hint": user_error.hint,
+                    "traceback": traceback.format_exc(),
+                }
+                tmp = record.with_name(f".{record.name}.{os.getpid()}")
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(fields))
+                os.replace(tmp, record)
+            raise
+
+    return run
+
+
+class _StopOnUserError(ray.train.UserCallback):
+    """Runs in Ray Train's controller: after a worker error, end the run without a retry if
+    a worker recorded a user error. Ray Train retries worker errors, but treats an error
+    raised by a callback as a controller error, which it does not retry."""
+
+    def __init__(self, record: Path) -> None:
+        self.record = record
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        if self.record.is_file():
+            raise RuntimeError(f"a learner raised a user error (recorded in {self.record})")
 
 
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from ray_rlhf.config import RLHFConfig
+from ray_rlhf.config import ConfigError, RLHFConfig
+from ray_rlhf.data.errors import DataValidationError
 
 
 def decompose_pairs(
@@ -109,7 +110,7 @@ def _load(cfg: RLHFConfig, run_dir: Path) -> tuple[Any, str]:
     source = cfg.data.preferences_path or str(toyworld_files(cfg, run_dir)["pref_test"])
     dataset = load_preferences(source)
     if dataset.num_rows < 2:
-        raise ValueError(f"{source}: {dataset.num_rows} pair(s); need at least 2 prompts")
+        raise DataValidationError(source, f"{dataset.num_rows} pair: need at least 2 prompts")
     return dataset, source
 
 
@@ -120,7 +121,7 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     from ray_rlhf.reward.scorer import ModelSource
 
     if cfg.reward.model_path is None:
-        raise ValueError("analyze-rm needs reward.model_path=<reward model dir>")
+        raise ConfigError("reward.model_path: analyze-rm needs a reward model dir")
     start = time.perf_counter()
     source_model = ModelSource(
         cfg.reward.model_path,

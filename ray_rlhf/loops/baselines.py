@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_rlhf.config import ConfigError, RLHFConfig
+from ray_rlhf.data.errors import DataValidationError
 from ray_rlhf.types import RolloutBatch
 
 SHARD_DIR = "baseline_shards"
@@ -119,7 +120,10 @@ def baseline_prompts(
                 ids.append(pid)
                 texts.append(text)
             elif known[pid] != text:
-                raise ValueError(f"prompt id {pid!r} names two prompts: {known[pid]!r}, {text!r}")
+                raise DataValidationError(
+                    cfg.data.eval_prompts_path or "eval prompts",
+                    f"prompt id {pid!r} names two prompts: {known[pid]!r}, {text!r}",
+                )
     return ids, texts
 
 
@@ -330,12 +334,14 @@ def run_job(cfg: RLHFConfig) -> BaselinesResult:
     from ray_rlhf.config import requested_cpus
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
     from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
     from ray_rlhf.models.checkpoint import validate_model_dir
 
     if cfg.model.path is None:
         raise ConfigError("model.path: the frozen SFT policy to sample baselines from is required")
     policy_dir = validate_model_dir(cfg.model.path)
     run_dir = prepare_run_dir(cfg)
+    cfg = preflight(cfg, run_dir, ("ppo",))
     started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:
         result = run(cfg, run_dir, Path(policy_dir))

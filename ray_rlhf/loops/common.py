@@ -9,14 +9,27 @@ import shutil
 from pathlib import Path
 
 from ray_rlhf.config import ConfigError, RLHFConfig, dump_config
+from ray_rlhf.logs import attach_driver_log
 
 DONE_MARKER = "DONE.json"
+
+
+class RunDirError(ConfigError):
+    """The run dir cannot be used: it holds a finished run, or its path is unusable here."""
+
+    kind = "run dir error"
+    hint = (
+        "Pick another run.name (or run.output_dir), or set run.overwrite=true to replace a "
+        "finished run; an unfinished run dir resumes."
+    )
+
+
 # Set by Ray's job supervisor in the driver of a `ray job submit` job.
 _IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def prepare_run_dir(cfg: RLHFConfig) -> Path:
-    """Create the run dir and save the resolved config into it.
+    """Create the run dir, send the driver's logs to its `logs/driver.log`, save the config.
 
     A dir holding a finished run (`DONE.json`) is refused unless `run.overwrite` is set, so
     a finished result is never mixed with a new one. An unfinished dir is reused: that is
@@ -24,18 +37,19 @@ def prepare_run_dir(cfg: RLHFConfig) -> Path:
     """
     run_dir = cfg.run.run_dir
     if _IN_RAY_JOB in os.environ and not run_dir.is_absolute():
-        raise ConfigError(
+        raise RunDirError(
             f"run.output_dir: {cfg.run.output_dir!r} is relative, but this is a Ray job whose "
             "working dir is a temporary copy; give an absolute path on shared storage"
         )
     if (run_dir / DONE_MARKER).exists():
         if not cfg.run.overwrite:
-            raise ConfigError(
+            raise RunDirError(
                 f"run.name: {run_dir} holds a finished run; pick another run.name or set "
                 "run.overwrite=true"
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    attach_driver_log(run_dir)
     dump_config(cfg, run_dir / "config.yaml")
     return run_dir
 

@@ -62,11 +62,13 @@ def run(cfg: RLHFConfig) -> dict[str, dict[str, float]]:
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
     from ray_rlhf.loops import ppo, sft
     from ray_rlhf.loops.evaluate import evaluate_policy
+    from ray_rlhf.loops.preflight import preflight
     from ray_rlhf.metrics import read_metrics
     from ray_rlhf.report import plot_curves
 
     start = time.perf_counter()
     run_dir = prepare_run_dir(cfg)
+    cfg = preflight(cfg, run_dir, ("sft", "ppo"))
     prompts = _test_prompts(cfg, run_dir)
     started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:

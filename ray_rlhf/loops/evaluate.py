@@ -16,6 +16,7 @@ def evaluate_policy(
         `eval/greedy/<metric>` and `eval/sampled/<metric>` for every metric of
         `toyworld.evaluate_responses` (true_reward, exact_match, style_rate, per domain).
     """
+    from ray_rlhf.data.limits import max_sequence_tokens
     from ray_rlhf.data.toyworld import evaluate_responses
     from ray_rlhf.models.builders import load_tokenizer
     from ray_rlhf.rollout.engine import create_engine, generate, shutdown_engine
@@ -28,7 +29,7 @@ def evaluate_policy(
         seed=seed,
         kv_cache_mib=cfg.rollout.kv_cache_mib,
         enforce_eager=cfg.rollout.enforce_eager,
-        max_model_len=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2,
+        max_model_len=max_sequence_tokens(cfg.data),
         trust_remote_code=cfg.model.trust_remote_code,
     )
     try:

@@ -56,7 +56,8 @@ class MetaRMResult:
 def _load_datasets(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Any, Any, str]:
     """Validated (train, held-out) preference datasets and the train source's name."""
     from ray_rlhf.data.preferences import load_preferences
-    from ray_rlhf.loops.rm import held_out_split
+    from ray_rlhf.data.sampler import held_out_split
+    from ray_rlhf.loops.rm import EVAL_FRACTION
 
     def load(source: str) -> Any:
         return load_preferences(
@@ -69,7 +70,7 @@ def _load_datasets(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Any,
     if cfg.data.preferences_path is None:
         files = toyworld_files(cfg, run_dir)
         return load(str(files["pref_train"])), load(str(files["pref_test"])), "pref_train"
-    train, held_out = held_out_split(load(cfg.data.preferences_path), cfg.run.seed)
+    train, held_out = held_out_split(load(cfg.data.preferences_path), EVAL_FRACTION, cfg.run.seed)
     return train, held_out, cfg.data.preferences_path
 
 
@@ -228,9 +229,11 @@ def run_job(cfg: RLHFConfig) -> MetaRMResult:
     """`ray-rlhf meta-rm` / `jobs/meta_rm.py`: run dir, Ray, meta-training, marker."""
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
     from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
 
     run_dir = prepare_run_dir(cfg)
     policy_dir = prepare_base_model(cfg, run_dir)
+    cfg = preflight(cfg, run_dir, ("rm",), base_dir=policy_dir)
     need = cfg.meta.domains_per_step * cfg.meta.cpus_per_task
     started = init_ray(cfg.resources, min_cpus=need)
     try:

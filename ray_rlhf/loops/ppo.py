@@ -7,12 +7,19 @@ policy (SFT) ──► RolloutPool (vLLM) ──► RewardPool ──► PPO lea
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.loops.common import toyworld_files
+
+if TYPE_CHECKING:
+    from ray_rlhf.distributed.ppo_trainer import PromptSet
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,25 +31,56 @@ class PPOResult:
     seconds: float
 
 
-def load_prompt_sets(cfg: RLHFConfig, run_dir: Path, tokenizer):
-    """Train and eval prompts (the toy world's unless `data.prompts_path` / `eval_...`)."""
+MAX_HELD_OUT_PROMPTS = 256
+"""Most prompts `data.eval_fraction` holds out of `data.prompts_path`."""
+
+
+def load_prompt_sets(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[PromptSet, PromptSet]:
+    """Train and eval prompts, validated.
+
+    Train: `data.prompts_path`, else the toy world's train prompts. Eval:
+    `data.eval_prompts_path`; else, with `data.prompts_path`, a seeded slice of it
+    (`data.eval_fraction`, 1 to `MAX_HELD_OUT_PROMPTS` prompts, not trained on); else the
+    toy world's test prompts.
+
+    Raises:
+        DataValidationError: Naming file, row and field of a bad prompt, or a prompts file
+            too small to hold any out.
+    """
+    from ray_rlhf.data.errors import DataValidationError
     from ray_rlhf.data.prompts import load_prompts
+    from ray_rlhf.data.sampler import held_out_split
     from ray_rlhf.distributed.ppo_trainer import PromptSet
 
-    toy = toyworld_files(cfg, run_dir) if not cfg.data.prompts_path else {}
-    sets = []
-    for path, toy_key in (
-        (cfg.data.prompts_path, "train_prompts"),
-        (cfg.data.eval_prompts_path, "test_prompts"),
-    ):
-        source = path or toy.get(toy_key)
-        if source is None:
-            raise ValueError(f"data.eval_prompts_path is required with data.prompts_path={path}")
-        ds = load_prompts(
-            str(source), tokenizer=tokenizer, max_prompt_tokens=cfg.data.max_prompt_tokens
+    data = cfg.data
+
+    def load(source: str | Path) -> Any:
+        return load_prompts(
+            str(source), tokenizer=tokenizer, max_prompt_tokens=data.max_prompt_tokens
         )
-        sets.append(PromptSet(list(ds["id"]), list(ds["prompt"]), toyworld=path is None))
-    return sets[0], sets[1]
+
+    def prompt_set(ds: Any, toyworld: bool) -> PromptSet:
+        return PromptSet(list(ds["id"]), list(ds["prompt"]), toyworld=toyworld)
+
+    if data.prompts_path is None:
+        toy = toyworld_files(cfg, run_dir)
+        train = prompt_set(load(toy["train_prompts"]), toyworld=True)
+        eval_source = data.eval_prompts_path or toy["test_prompts"]
+        return train, prompt_set(load(eval_source), toyworld=data.eval_prompts_path is None)
+    train = load(data.prompts_path)
+    if data.eval_prompts_path is not None:
+        held_out = load(data.eval_prompts_path)
+    elif train.num_rows < 2:
+        raise DataValidationError(
+            data.prompts_path,
+            "a single prompt is too few to hold eval prompts out of; add prompts or set "
+            "data.eval_prompts_path",
+        )
+    else:
+        train, held_out = held_out_split(
+            train, data.eval_fraction, cfg.run.seed, max_rows=MAX_HELD_OUT_PROMPTS
+        )
+    return prompt_set(train, toyworld=False), prompt_set(held_out, toyworld=False)
 
 
 def check_baselines(cfg: RLHFConfig, prompt_sets: list) -> None:
@@ -69,15 +107,15 @@ def start_pools(cfg: RLHFConfig, policy_dir: Path, *, contrastive: bool = True) 
     Returns:
         {"rollout": RolloutPool, "reward": RewardPool}; the caller shuts both down.
     """
+    from ray_rlhf.data.limits import max_sequence_tokens
     from ray_rlhf.distributed.reward_pool import RewardPool
     from ray_rlhf.distributed.rollout_pool import RolloutPool
     from ray_rlhf.reward.transforms import build_transforms
 
-    max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
     rollout = RolloutPool(
         str(policy_dir),
         cfg.rollout,
-        max_model_len=max_len,
+        max_model_len=max_sequence_tokens(cfg.data),
         dtype=cfg.model.dtype,
         seed=cfg.run.seed,
         trust_remote_code=cfg.model.trust_remote_code,
@@ -98,7 +136,8 @@ def start_pools(cfg: RLHFConfig, policy_dir: Path, *, contrastive: bool = True) 
 
 
 def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> PPOResult:
-    """PPO from `policy_dir` (usually the SFT policy); Ray must be initialized."""
+    """PPO from `policy_dir` (usually the SFT policy); Ray must be initialized and `cfg`
+    must have passed `preflight`."""
     from ray_rlhf.distributed.ppo_trainer import run_ppo_trainer
     from ray_rlhf.models.builders import load_tokenizer
 
@@ -137,8 +176,12 @@ def run_job(cfg: RLHFConfig) -> PPOResult:
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
     from ray_rlhf.loops import sft
     from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
 
     run_dir = prepare_run_dir(cfg)
+    if cfg.model.path is None:
+        logger.info("model.path is not set: SFT of the tiny model (model.tiny) runs first")
+    cfg = preflight(cfg, run_dir, ("ppo",) if cfg.model.path else ("sft", "ppo"))
     started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:
         policy = Path(cfg.model.path) if cfg.model.path else sft.run(cfg, run_dir).policy_dir

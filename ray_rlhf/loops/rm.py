@@ -70,8 +70,10 @@ def check_pair_columns(dataset: Any, cfg: RLHFConfig, source: str) -> None:
     """The per-pair columns `cfg.rm` reads exist and are finite, before any training.
 
     Raises:
-        ValueError: Naming `source`, the column and the first bad row.
+        DataValidationError: Naming `source`, the column and the first bad row.
     """
+    from ray_rlhf.data.errors import DataValidationError
+
     needed = []
     if cfg.rm.uses_strength:
         needed.append((STRENGTH_COLUMN, f"rm.loss={cfg.rm.loss!r}"))
@@ -80,22 +82,34 @@ def check_pair_columns(dataset: Any, cfg: RLHFConfig, source: str) -> None:
     for column, why in needed:
         if column not in dataset.column_names:
             hint = " (write it with `ray-rlhf preference-strength`)" * (column == STRENGTH_COLUMN)
-            raise ValueError(f"{source}: {why} needs a {column!r} column{hint}")
+            raise DataValidationError(source, f"{why} needs a {column!r} column{hint}")
         values = torch.tensor(dataset[column], dtype=torch.float64)
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad):
             row = int(bad[0])
-            raise ValueError(
-                f"{source}: row {row} (id {dataset['id'][row]!r}): {column!r} is "
-                f"{values[row].item()}, not a finite number"
+            raise DataValidationError(
+                source,
+                f"id {dataset['id'][row]!r}: {values[row].item()}, not a finite number",
+                row=row,
+                field=column,
             )
 
 
-def held_out_split(dataset: Any, seed: int) -> tuple[Any, Any]:
-    """(train, eval) of one validated dataset: a seeded shuffle, `EVAL_FRACTION` held out."""
-    shuffled = dataset.shuffle(seed=seed)
-    n_eval = max(1, round(EVAL_FRACTION * shuffled.num_rows))
-    return shuffled.select(range(n_eval, shuffled.num_rows)), shuffled.select(range(n_eval))
+def check_held_out_pairs(n_eval: int, cfg: RLHFConfig, source: str) -> None:
+    """Every learner rank needs held-out pairs to evaluate.
+
+    Raises:
+        DataValidationError: Fewer held-out pairs than `learner.num_workers`.
+    """
+    from ray_rlhf.data.errors import DataValidationError
+
+    workers = cfg.learner.num_workers
+    if n_eval < workers:
+        raise DataValidationError(
+            source,
+            f"{n_eval} held-out preference pair(s), fewer than learner.num_workers={workers} "
+            "(every rank evaluates some); add pairs or lower learner.num_workers",
+        )
 
 
 def load_rm_tensors(
@@ -104,7 +118,9 @@ def load_rm_tensors(
     """Validate (`load_preferences`, errors name file and row) and tokenize the train and
     held-out pairs: the toy world's pref_train / pref_test, or `data.preferences_path`
     split by `held_out_split`."""
+    from ray_rlhf.data.limits import max_sequence_tokens
     from ray_rlhf.data.preferences import load_preferences
+    from ray_rlhf.data.sampler import held_out_split
     from ray_rlhf.models.builders import load_tokenizer
 
     tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
@@ -123,9 +139,9 @@ def load_rm_tensors(
         train, held_out = load(source), load(str(files["pref_test"]))
     else:
         source = cfg.data.preferences_path
-        train, held_out = held_out_split(load(source), cfg.run.seed)
+        train, held_out = held_out_split(load(source), EVAL_FRACTION, cfg.run.seed)
     check_pair_columns(train, cfg, source)
-    max_length = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
+    max_length = max_sequence_tokens(cfg.data)
     pairs = (
         tokenize_pairs(train, tokenizer, max_length),
         tokenize_pairs(held_out, tokenizer, max_length),
@@ -138,7 +154,8 @@ def load_rm_tensors(
 
 
 def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
-    """Train a reward model from `policy_dir` as a Ray Train run; Ray must be initialized."""
+    """Train a reward model from `policy_dir` as a Ray Train run; Ray must be initialized and
+    `cfg` must have passed `preflight`."""
     from ray_rlhf.distributed.rm_trainer import run_rm_trainer
     from ray_rlhf.models.checkpoint import METADATA_FILE, load_json
 
@@ -146,11 +163,7 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
     train, held_out = load_rm_tensors(cfg, run_dir, policy_dir)
     n, width = train["chosen_input_ids"].shape
     n_eval = held_out["chosen_input_ids"].shape[0]
-    if n_eval < cfg.learner.num_workers:
-        raise ValueError(
-            f"{n_eval} held-out preference pairs; need at least learner.num_workers "
-            f"({cfg.learner.num_workers}) so every rank evaluates some"
-        )
+    check_held_out_pairs(n_eval, cfg, cfg.data.preferences_path or "the toy world's pref_test")
     print(
         f"[rm] {n} pairs (max {width} tokens), {n_eval} held out, "
         f"{cfg.rm.steps} steps, head {cfg.rm.head}, {cfg.learner.num_workers} workers, "
@@ -173,8 +186,10 @@ def run_job(cfg: RLHFConfig) -> RMResult:
     """`ray-rlhf train-rm` / `jobs/train_rm.py`: run dir, Ray, RM training, marker."""
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
     from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
 
     run_dir = prepare_run_dir(cfg)
+    cfg = preflight(cfg, run_dir, ("rm",))
     base_dir = prepare_base_model(cfg, run_dir)
     started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ray_rlhf.algo.segments import LocationNormalizer, fit_location_normalizer, segment_positions
-from ray_rlhf.config import RLHFConfig
+from ray_rlhf.config import ConfigError, RLHFConfig
 from ray_rlhf.reward.segments import (
     METADATA_KEY,
     add_pair_segment_ends,
@@ -104,8 +104,9 @@ def write_segment_record(
     threshold = segmentation_threshold(cfg)
     old = meta.get(METADATA_KEY)
     if old is not None and old["threshold"] != threshold:
-        raise ValueError(
-            f"reward model {rm_dir} was trained with segments at c={old['threshold']}; the "
+        raise ConfigError(
+            f"segment.threshold: reward model {rm_dir} was trained with segments at "
+            f"c={old['threshold']}; the "
             f"config gives c={threshold} (segment.reward_granularity / segment.threshold)"
         )
     tokenizer = load_tokenizer(reference_dir, trust_remote_code=cfg.model.trust_remote_code)
@@ -234,17 +235,21 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     """`ray-rlhf fit-segment-normalizer reward.model_path=RM [segment.* ...]`: refit the
     normalizer of an existing per-position RM on the config's preference pairs."""
     from ray_rlhf.loops.common import prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
     from ray_rlhf.loops.rm import load_rm_tensors
     from ray_rlhf.models.checkpoint import METADATA_FILE, load_json
 
     if cfg.reward.model_path is None:
-        raise ValueError("fit-segment-normalizer needs reward.model_path (a per_position RM)")
+        raise ConfigError("reward.model_path: fit-segment-normalizer needs a per_position RM dir")
     rm_dir = Path(cfg.reward.model_path).resolve()
     meta = load_json(rm_dir / METADATA_FILE)
     if meta.get("head") != "per_position":
-        raise ValueError(f"reward model {rm_dir} has head {meta.get('head')!r}, not per_position")
+        raise ConfigError(
+            f"reward.model_path: {rm_dir} has head {meta.get('head')!r}, not per_position"
+        )
     reference = Path(meta["base_model"])
     run_dir = prepare_run_dir(cfg)
+    cfg = preflight(cfg, run_dir, ("rm",), base_dir=reference)
     per_position = dataclasses.replace(cfg, rm=dataclasses.replace(cfg.rm, head="per_position"))
     train, _ = load_rm_tensors(per_position, run_dir, reference)  # segmented (see loops.rm)
     prompts = rl_prompt_texts(cfg, run_dir, reference)

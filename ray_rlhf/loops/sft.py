@@ -40,6 +40,7 @@ def tokenize_sft(
 
 def load_sft_tensors(cfg: RLHFConfig, run_dir: Path, base_dir: Path) -> dict[str, torch.Tensor]:
     """Validate and tokenize the SFT data (the toy world's split unless `data.sft_path`)."""
+    from ray_rlhf.data.limits import max_sequence_tokens
     from ray_rlhf.data.sft import load_sft
     from ray_rlhf.models.builders import load_tokenizer
 
@@ -51,12 +52,14 @@ def load_sft_tensors(cfg: RLHFConfig, run_dir: Path, base_dir: Path) -> dict[str
         max_prompt_tokens=cfg.data.max_prompt_tokens,
         max_response_tokens=cfg.data.max_response_tokens,
     )
-    max_length = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
-    return tokenize_sft(dataset["prompt"], dataset["response"], tokenizer, max_length)
+    return tokenize_sft(
+        dataset["prompt"], dataset["response"], tokenizer, max_sequence_tokens(cfg.data)
+    )
 
 
 def run(cfg: RLHFConfig, run_dir: Path) -> SFTResult:
-    """Train the policy with SFT as a Ray Train run; Ray must be initialized."""
+    """Train the policy with SFT as a Ray Train run; Ray must be initialized and `cfg` must
+    have passed `preflight`."""
     from ray_rlhf.distributed.sft_trainer import run_sft_trainer
 
     start = time.perf_counter()
@@ -76,8 +79,10 @@ def run_job(cfg: RLHFConfig) -> SFTResult:
     """`ray-rlhf sft` / `jobs/sft.py`: run dir, Ray (embedded or the job's), SFT, marker."""
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
     from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
 
     run_dir = prepare_run_dir(cfg)
+    cfg = preflight(cfg, run_dir, ("sft",))
     started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:
         result = run(cfg, run_dir)

@@ -124,6 +124,7 @@ def _train_missing_members(
     cfg: RLHFConfig, base_dir: Path, dataset: Any, members_dir: Path
 ) -> None:
     """Train every member whose margins file is absent, saving each as it finishes."""
+    from ray_rlhf.data.limits import max_sequence_tokens
     from ray_rlhf.distributed.ensemble import train_members
     from ray_rlhf.models.builders import load_tokenizer
 
@@ -140,8 +141,7 @@ def _train_missing_members(
     if not todo:
         return
     tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
-    max_length = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
-    pairs = tokenize_pairs(dataset, tokenizer, max_length)
+    pairs = tokenize_pairs(dataset, tokenizer, max_sequence_tokens(cfg.data))
     pairs.pop(STRENGTH_COLUMN, None)  # a re-annotated dataset: members train on labels only
     seeds = [member_seed(cfg, m) for m in todo]
     start = time.perf_counter()
@@ -203,8 +203,10 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     """`ray-rlhf preference-strength` / `jobs/preference_strength.py`."""
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
     from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
 
     run_dir = prepare_run_dir(cfg)
+    cfg = preflight(cfg, run_dir, ("rm",))
     base_dir = prepare_base_model(cfg, run_dir)
     started = init_ray(cfg.resources, min_cpus=cfg.learner.cpus_per_worker)
     try:

@@ -102,6 +102,28 @@ def load_tokenizer(
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
+def check_policy_dir(model_dir: str | os.PathLike[str], *, trust_remote_code: bool) -> Path:
+    """Checks, without loading weights, that a directory holds a causal LM transformers builds.
+
+    Returns:
+        The resolved directory.
+
+    Raises:
+        ModelDirError: If the directory is invalid, not a causal LM, or of a model type
+            transformers cannot build (without `trust_remote_code` and an `auto_map`).
+    """
+    path, config = _validated(model_dir)
+    if _model_kind(config, path) != "causal_lm":
+        raise ModelDirError(
+            f"model dir {path} holds a token-classification (value) model, not a causal "
+            "LM; a policy needs the LM head"
+        )
+    _check_auto_class(
+        config, path, AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, trust_remote_code
+    )
+    return path
+
+
 def load_policy(
     model_dir: str | os.PathLike[str],
     *,
@@ -121,15 +143,7 @@ def load_policy(
     Raises:
         ModelDirError: If the directory is invalid or not a causal LM.
     """
-    path, config = _validated(model_dir)
-    if _model_kind(config, path) != "causal_lm":
-        raise ModelDirError(
-            f"model dir {path} holds a token-classification (value) model, not a causal "
-            "LM; a policy needs the LM head"
-        )
-    _check_auto_class(
-        config, path, AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, trust_remote_code
-    )
+    path = check_policy_dir(model_dir, trust_remote_code=trust_remote_code)
     return AutoModelForCausalLM.from_pretrained(
         path,
         dtype=dtype,

@@ -19,14 +19,22 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ray_rlhf.errors import UserError
+
 METADATA_FILE = "ray_rlhf.json"
 """Name of the JSON file `save_hf_model` writes next to the weights when given metadata."""
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-class ModelDirError(ValueError):
+class ModelDirError(UserError, ValueError):
     """A model directory is missing, incomplete, unreadable or of an unusable kind."""
+
+    kind = "model error"
+    hint = (
+        "model.path (and reward.model_path) must be a local Hugging Face model directory with "
+        "config.json, tokenizer files and *.safetensors weights."
+    )
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -220,3 +228,24 @@ def validate_model_dir(path: str | os.PathLike[str]) -> Path:
     _read_config(model_dir)
     _check_weights(model_dir)
     return model_dir
+
+
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def max_positions(model_dir: str | os.PathLike[str]) -> int | None:
+    """The longest sequence a model directory's `config.json` declares.
+
+    Returns:
+        The first positive integer among `_POSITION_KEYS` (Llama-style
+        `max_position_embeddings`, GPT-2-style `n_positions`, ...), or None if there is none.
+
+    Raises:
+        ModelDirError: If the directory is not a valid model directory.
+    """
+    config = _read_config(validate_model_dir(model_dir))
+    for key in _POSITION_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

@@ -42,6 +42,7 @@ from ray_rlhf.algo.contrastive import (
     subtract_at_last_token,
 )
 from ray_rlhf.config import ContrastiveConfig
+from ray_rlhf.data.errors import DataValidationError
 from ray_rlhf.reward.scorer import RewardContext, Rewards
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class BaselineStore:
         """Ids absent from the store; raises if an id's stored prompt text differs.
 
         Raises:
-            ValueError: Naming the prompt id, both texts and the file.
+            DataValidationError: Naming the prompt id, both texts and the file.
         """
         absent = []
         for prompt_id, text in zip(prompt_ids, prompts, strict=True):
@@ -105,10 +106,11 @@ class BaselineStore:
             if stored is None:
                 absent.append(prompt_id)
             elif stored != text:
-                raise ValueError(
-                    f"baseline file {self.path}: prompt id {prompt_id!r} was sampled for "
+                raise DataValidationError(
+                    self.path,
+                    f"prompt id {prompt_id!r} was sampled for "
                     f"prompt {stored!r} but this run's prompt is {text!r}; the baselines were "
-                    "built from other prompts (rerun `ray-rlhf sample-baselines`)"
+                    "built from other prompts (rerun `ray-rlhf sample-baselines`)",
                 )
         return absent
 
@@ -214,10 +216,11 @@ class ContrastiveTransform:
         absent = set(self.store.missing(batch.prompt_ids, batch.prompts))
         if absent and self.on_missing == "error":
             first = min(batch.prompt_ids.index(p) for p in absent)
-            raise ValueError(
+            raise DataValidationError(
+                self.store.path,
                 f"prompt id {batch.prompt_ids[first]!r} (row {ctx.row_offset + first * n}) "
-                f"has no baseline in {self.store.path} ({len(absent)} such prompt(s) in the "
-                "batch); sample baselines for these prompts or set contrastive.on_missing=raw"
+                f"has no baseline ({len(absent)} such prompt(s) in the "
+                "batch); sample baselines for these prompts or set contrastive.on_missing=raw",
             )
         if absent:
             logger.warning(
@@ -255,16 +258,17 @@ def check_coverage(
         The missing ids (empty unless `on_missing` is `raw`, when they are logged).
 
     Raises:
-        ValueError: Naming the first missing ids and the file (`on_missing: error`), or a
-            prompt whose stored text differs.
+        DataValidationError: Naming the first missing ids and the file (`on_missing:
+            error`), or a prompt whose stored text differs.
     """
     absent = [p for ids, texts in prompt_sets for p in store.missing(ids, texts)]
     if absent and on_missing == "error":
-        raise ValueError(
-            f"{len(absent)} prompt(s) have no baseline in {store.path}, e.g. prompt id "
+        raise DataValidationError(
+            store.path,
+            f"{len(absent)} prompt(s) have no baseline, e.g. prompt id "
             f"{absent[0]!r}; run `ray-rlhf sample-baselines` with this run's prompts "
             "(contrastive.include_eval_prompts=true covers the eval prompts) or set "
-            "contrastive.on_missing=raw"
+            "contrastive.on_missing=raw",
         )
     if absent:
         logger.warning(

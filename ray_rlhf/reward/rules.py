@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import numbers
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ray_rlhf.errors import RewardError
 from ray_rlhf.types import RolloutBatch
 
 Rule = Callable[..., Any]
@@ -32,7 +34,7 @@ def _split_spec(spec: str) -> tuple[str, str]:
     """Splits `"where:function"` at its last colon; checks both parts are present."""
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name.isidentifier():
-        raise ValueError(
+        raise RewardError(
             f"rule {spec!r}: expected 'package.module:function' or 'path/to/file.py:function'"
         )
     return where, name
@@ -40,13 +42,13 @@ def _split_spec(spec: str) -> tuple[str, str]:
 
 def _import_module(spec: str, module_name: str) -> ModuleType:
     """Imports `module_name`; a missing module (not a failing import inside it) is a
-    ValueError naming the spec."""
+    RewardError naming the spec."""
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         missing = err.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
-            raise ValueError(f"rule {spec!r}: module {module_name!r} not found") from err
+            raise RewardError(f"rule {spec!r}: module {module_name!r} not found") from err
         raise
 
 
@@ -58,11 +60,11 @@ def _load_file(spec: str, file_path: str) -> ModuleType:
     """
     path = Path(file_path).expanduser().resolve()
     if not path.is_file():
-        raise ValueError(f"rule {spec!r}: file {str(path)!r} not found")
+        raise RewardError(f"rule {spec!r}: file {str(path)!r} not found")
     module_name = "_ray_rlhf_rule_" + "_".join(path.with_suffix("").parts[1:])
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:
-        raise ValueError(f"rule {spec!r}: cannot load {str(path)!r} as a Python module")
+        raise RewardError(f"rule {spec!r}: cannot load {str(path)!r} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     try:
@@ -84,8 +86,8 @@ def load_rule(spec: str) -> Rule:
         The function. Call it per row, or per batch when `is_batched(rule)`.
 
     Raises:
-        ValueError: Naming the spec, if its format is wrong, the module or file does not
-            exist, the attribute is missing, or the attribute is not callable.
+        RewardError: Naming the spec, if its format is wrong, the module or file does not
+            exist, the attribute is missing, or it is not callable with two arguments.
     """
     where, name = _split_spec(spec)
     if where.endswith(_FILE_SUFFIX):
@@ -93,10 +95,18 @@ def load_rule(spec: str) -> Rule:
     else:
         module = _import_module(spec, where)
     if not hasattr(module, name):
-        raise ValueError(f"rule {spec!r}: {module.__name__!r} has no attribute {name!r}")
+        raise RewardError(f"rule {spec!r}: {module.__name__!r} has no attribute {name!r}")
     rule = getattr(module, name)
     if not callable(rule):
-        raise ValueError(f"rule {spec!r}: {name!r} is a {type(rule).__name__}, not callable")
+        raise RewardError(f"rule {spec!r}: {name!r} is a {type(rule).__name__}, not callable")
+    try:
+        inspect.signature(rule).bind("prompt", "response")
+    except TypeError as err:
+        raise RewardError(
+            f"rule {spec!r}: {name!r} cannot be called as {name}(prompt, response): {err}"
+        ) from err
+    except ValueError:  # no signature to inspect (some builtins): calls will tell
+        pass
     return rule
 
 
@@ -110,7 +120,7 @@ def absolute_rule_spec(spec: str) -> str:
     working directory may differ) load the same file. Module specs are returned as is.
 
     Raises:
-        ValueError: If the spec's format is wrong.
+        RewardError: If the spec's format is wrong.
     """
     where, name = _split_spec(spec)
     if not where.endswith(_FILE_SUFFIX):
@@ -123,7 +133,7 @@ def rows_prompts(batch: RolloutBatch) -> list[str]:
     return [batch.prompt_of_row(i) for i in range(batch.num_samples)]
 
 
-class RuleRowError(ValueError):
+class RuleRowError(RewardError):
     """A rule failed on, or returned a non-number for, row `row` of its inputs."""
 
     def __init__(self, row: int, message: str) -> None:
@@ -153,12 +163,12 @@ class RuleSource:
 
         Raises:
             RuleRowError: If the rule raises on a pair or returns a non-number for it.
-            ValueError: If a batched rule returns the wrong number of rewards.
+            RewardError: If a batched rule returns the wrong number of rewards.
         """
         if is_batched(self.rule):
             values = list(self.rule(list(prompts), list(responses)))
             if len(values) != len(responses):
-                raise ValueError(
+                raise RewardError(
                     f"batched rule {self.spec!r} returned {len(values)} rewards for "
                     f"{len(responses)} responses"
                 )

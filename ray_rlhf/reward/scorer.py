@@ -26,6 +26,7 @@ import torch
 
 from ray_rlhf.algo.rewards import place_last_token_rewards
 from ray_rlhf.config import RewardConfig
+from ray_rlhf.errors import RewardError
 from ray_rlhf.reward.rules import RuleRowError, RuleSource, rows_prompts
 from ray_rlhf.types import RolloutBatch, ScoredBatch
 
@@ -272,7 +273,7 @@ class RewardScorer:
             the transforms add.
 
         Raises:
-            ValueError: Naming the row, its prompt id and response, if a rule fails on it
+            RewardError: Naming the row, its prompt id and response, if a rule fails on it
                 or a score is not finite.
         """
         rewards = self.compute(batch)
@@ -291,7 +292,7 @@ class RewardScorer:
         try:
             raw, values = self.source.score_batch(batch)
         except RuleRowError as err:
-            raise ValueError(f"{describe_row(batch, err.row, row_offset)}: {err}") from err
+            raise RewardError(f"{describe_row(batch, err.row, row_offset)}: {err}") from err
         _check_finite(raw, batch, "raw score", row_offset)
         rewards = Rewards(raw.float(), None, {"reward/raw": raw.float()})
         ctx = RewardContext(batch, values, self.source, row_offset)
@@ -309,12 +310,12 @@ class RewardScorer:
 
 
 def _check_finite(values: torch.Tensor, batch: RolloutBatch, what: str, row_offset: int) -> None:
-    """Raises a ValueError naming the first row of `values` ((N,) or (N, T)) holding a NaN
+    """Raises a RewardError naming the first row of `values` ((N,) or (N, T)) holding a NaN
     or an infinity."""
     bad = ~torch.isfinite(values).reshape(len(values), -1).all(dim=1)  # (N,)
     if bad.any():
         row = int(bad.nonzero()[0])
-        raise ValueError(
+        raise RewardError(
             f"{what} of {describe_row(batch, row, row_offset)} is not finite "
             f"({values[row].tolist()}); {int(bad.sum())} such row(s) in the batch"
         )

@@ -72,6 +72,7 @@ def _start_job_and_kill_after_first_shard(args: list[str], run_dir: Path, log: P
 def test_killed_baseline_job_resumes_then_ppo_uses_the_baselines(tmp_path, base_model, ray_session):
     from ray_rlhf.loops import baselines, ppo
     from ray_rlhf.loops.common import prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
 
     args = [
         f"model.path={base_model}",
@@ -121,7 +122,9 @@ def test_killed_baseline_job_resumes_then_ppo_uses_the_baselines(tmp_path, base_
             f"contrastive.baselines_path={result.path}",
         ],
     )
-    out = ppo.run(ppo_cfg, prepare_run_dir(ppo_cfg), base_model)
+    ppo_dir = prepare_run_dir(ppo_cfg)
+    ppo_cfg = preflight(ppo_cfg, ppo_dir, ("ppo",), base_dir=base_model)
+    out = ppo.run(ppo_cfg, ppo_dir, base_model)
     metrics = read_metrics(out.metrics_dir)
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.integration
 TINY = {
     "experiment": {"seeds": [0], "kl_budgets": [0.01, 100.0]},
     "arms": {"vanilla": {}, "vanilla_long": {"ppo.iterations": 3, "ppo.kl.coef": 0.0}},
-    "data": {"toyworld": {"n_sft": 256, "n_train_prompts": 16, "n_test_prompts": 4,
+    "data": {"max_prompt_tokens": 32, "max_response_tokens": 16,
+             "toyworld": {"n_sft": 256, "n_train_prompts": 16, "n_test_prompts": 4,
                           "n_pref_train": 128, "n_pref_test": 64, "n_pref_shifted": 64}},
     "sft": {"steps": 20, "batch_size": 16, "log_every": 10, "checkpoint_every": 0},
     "rm": {"steps": 10, "batch_size": 16, "eval_every": 10},

@@ -43,13 +43,21 @@ def _cfg(tmp_path, *extra):
     return load_config(None, [f"run.output_dir={tmp_path}", "run.name=ppo_it", *_OVERRIDES, *extra])
 
 
+def _prepare(cfg, base_model):
+    """(config with resolved token limits, run dir), as `ppo.run_job` prepares them."""
+    from ray_rlhf.loops.common import prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
+
+    run_dir = prepare_run_dir(cfg)
+    return preflight(cfg, run_dir, ("ppo",), base_dir=base_model), run_dir
+
+
 @pytest.fixture(scope="module")
 def two_iterations(tmp_path_factory, base_model, ray_session):
     from ray_rlhf.loops import ppo
-    from ray_rlhf.loops.common import prepare_run_dir
 
     cfg = _cfg(tmp_path_factory.mktemp("runs"), "ppo.iterations=2", "ppo.checkpoint_every=1")
-    run_dir = prepare_run_dir(cfg)
+    cfg, run_dir = _prepare(cfg, base_model)
     return cfg, run_dir, ppo.run(cfg, run_dir, base_model)
 
 
@@ -110,7 +118,6 @@ def test_gae_critic_zero3_broadcast_sync(tmp_path, base_model, ray_session):
     """The other code paths: critic + GAE, ZeRO-3 gathers, the gloo broadcast transport,
     adaptive KL in the loss."""
     from ray_rlhf.loops import ppo
-    from ray_rlhf.loops.common import prepare_run_dir
 
     cfg = _cfg(
         tmp_path,
@@ -122,7 +129,7 @@ def test_gae_critic_zero3_broadcast_sync(tmp_path, base_model, ray_session):
         "ppo.kl.adaptive=true",
         "ppo.kl.estimator=k3",
     )
-    result = ppo.run(cfg, prepare_run_dir(cfg), base_model)
+    result = ppo.run(*_prepare(cfg, base_model), base_model)
     rows = read_metrics(result.metrics_dir)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["train/value_loss"] > 0 for r in rows)
@@ -135,10 +142,9 @@ def test_learner_failure_restarts_from_checkpoint(tmp_path, base_model, ray_sess
     """A learner worker dies at iteration 2: Ray Train restarts the group from the iteration-1
     checkpoint, the run completes, and no iteration is logged twice."""
     from ray_rlhf.loops import ppo
-    from ray_rlhf.loops.common import prepare_run_dir
 
     cfg = _cfg(tmp_path, "ppo.iterations=3", "ppo.checkpoint_every=1", "learner.max_failures=1")
-    run_dir = prepare_run_dir(cfg)
+    cfg, run_dir = _prepare(cfg, base_model)
     (run_dir / "control.yaml").write_text("fail_learner_at_iteration: 2\n")
     result = ppo.run(cfg, run_dir, base_model)
     assert (run_dir / "control.yaml.failure_fired").is_file()

@@ -45,6 +45,7 @@ def segment_run(tmp_path_factory, ray_session):
     from ray_rlhf.data.toyworld import vocabulary
     from ray_rlhf.loops import ppo, rm
     from ray_rlhf.loops.common import prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
     from ray_rlhf.models.factory import TinyModelSpec, write_tiny_model
     from ray_rlhf.models.tokenizer import build_word_tokenizer
 
@@ -52,6 +53,7 @@ def segment_run(tmp_path_factory, ray_session):
     policy = write_tiny_model(out / "policy", build_word_tokenizer(vocabulary()), TinyModelSpec())
     cfg = load_config(None, [f"run.output_dir={out}", "run.name=seg_it", *_OVERRIDES])
     run_dir = prepare_run_dir(cfg)
+    cfg = preflight(cfg, run_dir, ("rm",), base_dir=policy)
     rm_result = rm.run(cfg, run_dir, policy)
     ppo_cfg = load_config(
         None,

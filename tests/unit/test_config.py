@@ -72,6 +72,13 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         ("reward.kind=model", r"reward\.model_path: required when kind is 'model'"),
         ("reward.rule=nocolon", r"reward\.rule: must look like"),
         ("ppo.minibatch_size=50", r"ppo\.minibatch_size: must be a multiple of"),
+        ("ppo.lr=-0.0001", r"ppo\.lr: must be > 0"),
+        ("ppo.critic_lr=0", r"ppo\.critic_lr: must be > 0"),
+        ("sft.lr=0", r"sft\.lr: must be > 0"),
+        ("rm.lr=-1", r"rm\.lr: must be > 0"),
+        ("learner.max_failures=-2", r"learner\.max_failures: must be >= 0"),
+        ("data.max_prompt_tokens=0", r"data\.max_prompt_tokens: must be > 0"),
+        ("data.eval_fraction=1", r"data\.eval_fraction: must be in \(0, 1\)"),
     ],
 )
 def test_errors_name_the_key(override, pattern):
@@ -85,6 +92,50 @@ def test_cross_section_checks():
     with pytest.raises(ConfigError, match=r"rollout\.n_samples: must be >= 2"):
         load_config(None, ["rollout.n_samples=1", "ppo.advantage=rloo"])
     assert load_config(None, ["rollout.n_samples=1", "ppo.advantage=gae"]).rollout.n_samples == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (  # the first-contact finding: 8 x 4 = 32 samples, minibatch 64
+            ["ppo.prompts_per_iteration=8"],
+            r"ppo\.minibatch_size: 64 is more than the ppo\.prompts_per_iteration x "
+            r"rollout\.n_samples = 8 x 4 = 32 samples of an iteration, so DeepSpeed would step "
+            r"only once every 2 iterations; set ppo\.minibatch_size=32$",
+        ),
+        (
+            ["ppo.prompts_per_iteration=24"],
+            r"ppo\.minibatch_size: 64 does not divide .* = 96 samples .*; "
+            r"set ppo\.minibatch_size=32",
+        ),
+        (
+            ["ppo.prompts_per_iteration=6", "rollout.n_samples=3", "ppo.micro_batch_size=16"],
+            r"ppo\.minibatch_size: .*; set ppo\.prompts_per_iteration=64 or lower",
+        ),
+        (
+            ["ppo.prompts_per_iteration=5"],
+            r"ppo\.prompts_per_iteration: must be a multiple of learner\.num_workers \(2\)",
+        ),
+        (
+            ["ppo.minibatch_size=96", "ppo.prompts_per_iteration=48"],
+            r"ppo\.micro_batch_size: 32 must divide the per-learner minibatch .* = 48",
+        ),
+        (
+            ["resources.num_cpus=3"],
+            r"resources\.num_cpus: 3 is fewer than the 4 CPUs",
+        ),
+        (["ppo.kl.adaptive=true", "ppo.kl.coef=0"], r"ppo\.kl\.coef: must be > 0 with adaptive"),
+    ],
+)
+def test_impossible_combinations_name_the_keys(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, overrides)
+
+
+def test_possible_ppo_batches_pass():
+    cfg = load_config(None, ["ppo.prompts_per_iteration=8", "ppo.minibatch_size=32"])
+    assert cfg.ppo.minibatch_size == 32
+    load_config(None, ["resources.num_cpus=3", "resources.address=auto"])  # joins a cluster
 
 
 def test_toyworld_section_errors_are_prefixed():

@@ -251,9 +251,7 @@ def test_missing_prompt_is_an_error_naming_id_and_file(tmp_path):
     t = transform(tmp_path, rows=GOOD_ROWS[:1])
     rewards = Rewards(torch.ones(4), None, {})
     ctx = RewardContext(two_by_two(), None, source=None, row_offset=8)  # type: ignore[arg-type]
-    with pytest.raises(
-        ValueError, match=r"prompt id 'p1' \(row 10\) has no baseline in .*b\.parquet"
-    ):
+    with pytest.raises(ValueError, match=r"b\.parquet: prompt id 'p1' \(row 10\) has no baseline"):
         t.apply(ctx, rewards)
 
 
@@ -286,7 +284,8 @@ def test_coverage_check_before_ppo(tmp_path):
     ok = [(["p0", "p1"], ["sort 3 1 2 =", "rev 1 2 ="])]
     assert check_coverage(store, "error", ok) == []
     more = [*ok, (["t0"], ["copy 1 ="])]
-    with pytest.raises(ValueError, match=r"1 prompt\(s\) have no baseline in .*prompt id 't0'"):
+    missing = r"b\.parquet: 1 prompt\(s\) have no baseline, e\.g\. prompt id 't0'"
+    with pytest.raises(ValueError, match=missing):
         check_coverage(store, "error", more)
     assert check_coverage(store, "raw", more) == ["t0"]
 

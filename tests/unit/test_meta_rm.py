@@ -20,6 +20,7 @@ OVERRIDES = [
     "data.toyworld.n_sft=50",
     "data.toyworld.n_pref_train=90",
     "data.toyworld.n_pref_test=20",
+    "data.max_prompt_tokens=32",
     "data.max_response_tokens=8",
     "meta.inner_prompts=2",
     "meta.n_samples=2",

@@ -75,7 +75,7 @@ def test_strength_losses_need_a_finite_strength_column():
     with pytest.raises(ValueError, match=r"pairs.jsonl: rm.loss='flip' needs a 'strength'"):
         check_pair_columns(data, cfg, "pairs.jsonl")
     data = data.add_column("strength", [0.5, float("inf")])
-    with pytest.raises(ValueError, match=r"row 1 \(id 'b'\): 'strength' is inf"):
+    with pytest.raises(ValueError, match=r"pairs.jsonl row 1, field 'strength': id 'b': inf, not"):
         check_pair_columns(data, cfg, "pairs.jsonl")
     check_pair_columns(data, load_config(None, ["rm.loss=smoothing", "rm.label_smoothing=0.1"]), "")
 

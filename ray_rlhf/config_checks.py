@@ -1,0 +1,129 @@
+"""Checks that span config sections: combinations of values that cannot work together.
+
+`RLHFConfig.__post_init__` runs `check_combinations`, so a bad combination is a
+`ConfigError` naming the dotted keys (and, where one exists, a value that works) before any
+work starts. Checks inside one section live in that section's `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ray_rlhf.typed_config import check
+
+if TYPE_CHECKING:
+    from ray_rlhf.config import RLHFConfig
+
+
+def requested_cpus(cfg: RLHFConfig) -> int:
+    """CPUs the learners, rollout actors and reward actors of `cfg` request in total."""
+    return (
+        cfg.learner.num_workers * cfg.learner.cpus_per_worker
+        + cfg.rollout.num_actors * cfg.rollout.cpus_per_actor
+        + cfg.reward.num_actors
+    )
+
+
+def check_combinations(cfg: RLHFConfig) -> None:
+    """Raises `ConfigError` for the first combination of values that cannot work."""
+    workers = cfg.learner.num_workers
+    per_worker, rest = divmod(cfg.sft.batch_size, workers)
+    check(
+        rest == 0 and per_worker > 0,
+        "sft.batch_size",
+        f"must be a positive multiple of learner.num_workers ({workers})",
+    )
+    check(
+        cfg.rm.batch_size % workers == 0,
+        "rm.batch_size",
+        f"must be a multiple of learner.num_workers ({workers})",
+    )
+    check(
+        cfg.rm.head != "per_position" or cfg.segment.reward_granularity != "bandit",
+        "segment.reward_granularity",
+        "must be 'segment' or 'token' with rm.head=per_position (it picks the segmentation)",
+    )
+    check(
+        cfg.ppo.advantage not in ("rloo", "grpo") or cfg.rollout.n_samples >= 2,
+        "rollout.n_samples",
+        f"must be >= 2 for ppo.advantage={cfg.ppo.advantage!r} (group baselines)",
+    )
+    check_ppo_batches(cfg)
+    wanted = requested_cpus(cfg)
+    check(
+        cfg.resources.address is not None
+        or cfg.resources.num_cpus is None
+        or cfg.resources.num_cpus >= wanted,
+        "resources.num_cpus",
+        f"{cfg.resources.num_cpus} is fewer than the {wanted} CPUs the learners, rollout and "
+        f"reward actors request together (they would wait forever); set it to {wanted} or more, "
+        "or null",
+    )
+
+
+def check_ppo_batches(cfg: RLHFConfig) -> None:
+    """Every PPO iteration is whole optimizer steps on every learner.
+
+    An iteration has P x n samples (`ppo.prompts_per_iteration` x `rollout.n_samples`); the
+    learners split its P prompt groups evenly and step once per `ppo.minibatch_size` samples.
+    A minibatch larger than the iteration, or one that does not divide it, leaves DeepSpeed's
+    gradient accumulation straddling iterations (it steps only every k-th iteration) or
+    drops samples.
+    """
+    ppo, workers = cfg.ppo, cfg.learner.num_workers
+    prompts, n = ppo.prompts_per_iteration, cfg.rollout.n_samples
+    samples, minibatch = prompts * n, ppo.minibatch_size
+    check(
+        minibatch % workers == 0,
+        "ppo.minibatch_size",
+        f"must be a multiple of learner.num_workers ({workers})",
+    )
+    check(
+        prompts % workers == 0,
+        "ppo.prompts_per_iteration",
+        f"must be a multiple of learner.num_workers ({workers}): each learner trains on an "
+        "equal share of the prompt groups",
+    )
+    iteration = f"ppo.prompts_per_iteration x rollout.n_samples = {prompts} x {n} = {samples}"
+    if minibatch > samples or samples % minibatch:
+        problem = (
+            f"{minibatch} is more than the {iteration} samples of an iteration, so DeepSpeed "
+            f"would step only once every {math.ceil(minibatch / samples)} iterations"
+            if minibatch > samples
+            else f"{minibatch} does not divide the {iteration} samples of an iteration"
+        )
+        check(False, "ppo.minibatch_size", f"{problem}; {_suggest_minibatch(cfg)}")
+    per_worker = minibatch // workers
+    check(
+        _whole_micro_batches(per_worker, ppo.micro_batch_size),
+        "ppo.micro_batch_size",
+        f"{ppo.micro_batch_size} must divide the per-learner minibatch ppo.minibatch_size / "
+        f"learner.num_workers = {per_worker} (or be at least as large), else samples are dropped",
+    )
+
+
+def _whole_micro_batches(per_worker: int, micro_batch_size: int) -> bool:
+    """Whether a learner's share of a minibatch is whole micro-batches (the learner uses
+    micro-batches of min(micro_batch_size, per_worker) samples)."""
+    return per_worker % min(micro_batch_size, per_worker) == 0
+
+
+def _suggest_minibatch(cfg: RLHFConfig) -> str:
+    """A `ppo.minibatch_size` (else a `ppo.prompts_per_iteration`) that passes the checks."""
+    ppo, workers = cfg.ppo, cfg.learner.num_workers
+    samples = ppo.prompts_per_iteration * cfg.rollout.n_samples
+    fits = [
+        m
+        for m in range(workers, samples + 1, workers)
+        if samples % m == 0
+        and m % ppo.micro_batch_size == 0
+        and _whole_micro_batches(m // workers, ppo.micro_batch_size)
+    ]
+    below = [m for m in fits if m <= ppo.minibatch_size]
+    if fits:
+        return f"set ppo.minibatch_size={max(below) if below else min(fits)}"
+    group = ppo.minibatch_size // math.gcd(ppo.minibatch_size, cfg.rollout.n_samples)
+    prompts = math.lcm(group, workers)
+    prompts *= math.ceil(ppo.prompts_per_iteration / prompts)
+    return f"set ppo.prompts_per_iteration={prompts} or lower ppo.minibatch_size"

@@ -1,0 +1,200 @@
+"""What a run checks before Ray starts, and the token limits that settles.
+
+`preflight` checks the model dir the stages start from, the reward (PPO), and loads,
+tokenizes and validates every data file the stages read; then it resolves
+`data.max_prompt_tokens` / `data.max_response_tokens` (`ray_rlhf.data.limits`). Every
+command's `run_job` calls it once, before `init_ray` and before any stage trains (a PPO run
+without `model.path` checks the PPO prompts before its SFT stage starts), and hands the
+returned config to its stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from ray_rlhf.config import RLHFConfig, dump_config
+from ray_rlhf.loops.common import prepare_base_model, toyworld_files
+
+Stage = Literal["sft", "rm", "ppo"]
+"""A stage of a run: each reads its own data (SFT pairs, preference pairs, prompts)."""
+
+logger = logging.getLogger(__name__)
+
+
+class RunTexts(NamedTuple):
+    """Every prompt and every SFT / preference response the stages will read."""
+
+    prompts: list[str]
+    responses: list[str]
+
+
+def preflight(
+    cfg: RLHFConfig, run_dir: Path, stages: Collection[Stage], *, base_dir: Path | None = None
+) -> RLHFConfig:
+    """Validates the run's inputs and returns `cfg` with the token limits resolved.
+
+    Args:
+        cfg: The run's config (token limits set or None).
+        run_dir: The prepared run dir (the toy world's files and tiny model go there).
+        stages: The stages this run will execute, in any order.
+        base_dir: The model the stages start from; default `prepare_base_model(cfg)`.
+
+    Returns:
+        `cfg` with integer `data.max_prompt_tokens` and `data.max_response_tokens`; also
+        written to `run_dir/config.yaml`.
+
+    Raises:
+        DataValidationError: Naming file, row and field of bad or over-long rows.
+        ConfigError: Naming the keys of limits the model cannot hold.
+        ModelDirError: A model dir is missing or unusable.
+        ValueError: The reward rule cannot be imported or called as f(prompt, response).
+    """
+    from ray_rlhf.data.errors import DataValidationError
+    from ray_rlhf.data.limits import resolve_token_limits
+    from ray_rlhf.models.builders import check_policy_dir, load_tokenizer
+    from ray_rlhf.models.checkpoint import max_positions
+
+    base = base_dir if base_dir is not None else prepare_base_model(cfg, run_dir)
+    check_policy_dir(base, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)
+    if "ppo" in stages:
+        check_reward(cfg)
+    texts = validate_data(cfg, run_dir, tokenizer, stages)
+    longest_prompt, longest_response = (_longest(tokenizer, t) for t in texts)
+    limits = resolve_token_limits(
+        cfg.data.max_prompt_tokens,
+        cfg.data.max_response_tokens,
+        longest_prompt=longest_prompt,
+        longest_response=longest_response,
+        max_positions=max_positions(base),
+        toy=uses_toy_data(cfg, stages),
+    )
+    data = dataclasses.replace(
+        cfg.data, max_prompt_tokens=limits.prompt, max_response_tokens=limits.response
+    )
+    resolved = dataclasses.replace(cfg, data=data)
+    logger.info("token limits: %s", limits.describe())
+    if longest_prompt > limits.prompt or longest_response > limits.response:
+        try:  # the rows the model cannot hold; the error names them
+            validate_data(resolved, run_dir, tokenizer, stages)
+        except DataValidationError as error:
+            error.hint = (
+                f"The token limits were derived ({limits.describe()}): the model cannot hold "
+                "these rows. Shorten or drop them, or start from a model with a longer context "
+                "(max_position_embeddings)."
+            )
+            raise
+    dump_config(resolved, run_dir / "config.yaml")
+    return resolved
+
+
+def check_reward(cfg: RLHFConfig) -> None:
+    """The reward rule imports and takes (prompt, response), or the RM dir is loadable."""
+    if cfg.reward.kind == "rule":
+        from ray_rlhf.reward.rules import load_rule
+
+        load_rule(cfg.reward.rule)
+    else:
+        from ray_rlhf.models.builders import load_tokenizer
+
+        assert cfg.reward.model_path is not None  # RewardConfig checks this
+        load_tokenizer(cfg.reward.model_path, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def _longest(tokenizer: Any, texts: list[str]) -> int:
+    """Tokens of the longest text, as the length limits count them (0 for no texts)."""
+    from ray_rlhf.data.prompts import count_tokens
+
+    return max((n for n in count_tokens(tokenizer, texts) if n is not None), default=0)
+
+
+def uses_toy_data(cfg: RLHFConfig, stages: Collection[Stage]) -> bool:
+    """Whether every data file the stages read is the toy world's."""
+    paths = {
+        "sft": [cfg.data.sft_path],
+        "rm": [cfg.data.preferences_path],
+        "ppo": [cfg.data.prompts_path, cfg.data.eval_prompts_path],
+    }
+    return all(path is None for stage in stages for path in paths[stage])
+
+
+def validate_data(
+    cfg: RLHFConfig, run_dir: Path, tokenizer: Any, stages: Collection[Stage]
+) -> RunTexts:
+    """Loads and validates the stages' data as the stages will (set token limits are hard
+    limits); returns their prompts and responses."""
+    out = RunTexts([], [])
+    if "sft" in stages:
+        _sft_texts(cfg, run_dir, tokenizer, out)
+    if "rm" in stages:
+        _preference_texts(cfg, run_dir, tokenizer, out)
+    if "ppo" in stages:
+        _prompt_texts(cfg, run_dir, tokenizer, out)
+    return out
+
+
+def _limits(cfg: RLHFConfig) -> dict[str, int | None]:
+    return {
+        "max_prompt_tokens": cfg.data.max_prompt_tokens,
+        "max_response_tokens": cfg.data.max_response_tokens,
+    }
+
+
+def _sft_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTexts) -> None:
+    from ray_rlhf.data.sft import load_sft
+
+    source = cfg.data.sft_path or toyworld_files(cfg, run_dir)["sft"]
+    ds = load_sft(str(source), tokenizer=tokenizer, **_limits(cfg))
+    out.prompts.extend(ds["prompt"])
+    out.responses.extend(ds["response"])
+
+
+def _preference_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTexts) -> None:
+    """Preference pairs: rows, the per-pair columns `cfg.rm` reads, held-out pairs per rank."""
+    from ray_rlhf.data.preferences import load_preferences
+    from ray_rlhf.data.sampler import held_out_split
+    from ray_rlhf.loops.rm import EVAL_FRACTION, check_held_out_pairs, check_pair_columns
+
+    def load(source: str) -> Any:
+        ds = load_preferences(source, tokenizer=tokenizer, **_limits(cfg))
+        out.prompts.extend(ds["prompt"])
+        out.responses.extend([*ds["chosen"], *ds["rejected"]])
+        return ds
+
+    if cfg.data.preferences_path is None:
+        toy = toyworld_files(cfg, run_dir)
+        source, eval_source = str(toy["pref_train"]), str(toy["pref_test"])
+        check_pair_columns(load(source), cfg, source)
+        n_eval = load(eval_source).num_rows
+    else:
+        source = eval_source = cfg.data.preferences_path
+        pairs = load(source)
+        check_pair_columns(pairs, cfg, source)
+        held_out = held_out_split(pairs, EVAL_FRACTION, cfg.run.seed)[1] if len(pairs) > 1 else []
+        n_eval = len(held_out)
+    check_held_out_pairs(n_eval, cfg, eval_source)
+
+
+def _prompt_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTexts) -> None:
+    """PPO's train and eval prompts (and their contrastive baselines, when enabled)."""
+    from ray_rlhf.loops.ppo import check_baselines, load_prompt_sets
+
+    train, held_out = load_prompt_sets(cfg, run_dir, tokenizer)
+    out.prompts.extend(train.texts + held_out.texts)
+    if cfg.data.prompts_path and not cfg.data.eval_prompts_path:
+        logger.info(
+            "data.eval_prompts_path is not set: holding out %d of the %d prompts of %s as "
+            "eval prompts (data.eval_fraction=%g, seed %d); PPO trains on the other %d",
+            len(held_out.ids),
+            len(train.ids) + len(held_out.ids),
+            cfg.data.prompts_path,
+            cfg.data.eval_fraction,
+            cfg.run.seed,
+            len(train.ids),
+        )
+    if cfg.contrastive.enabled:
+        check_baselines(cfg, [train, held_out])

@@ -1,0 +1,165 @@
+"""First contact with a user's own model and data: a tiny Llama whose tokenizer has a chat
+template with a system turn, chat prompts of 60+ tokens after templating, a rule reward from
+a file. Bad input fails before Ray starts; a rule that raises fails the run once, without a
+Ray Train retry; good input trains with the default (derived) token limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ray_rlhf.config import load_config
+from ray_rlhf.metrics import read_metrics
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAT_TEMPLATE = (
+    "{%- for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor -%}"
+    "{%- if add_generation_prompt %}<|assistant|>{% endif -%}"
+)
+WORDS = ["<|system|>", "<|user|>", "<|assistant|>", "you", "are", "a", "helpful", "bot"]
+WORDS += ["sort", "the", "list", "please", "1", "2", "3", "="]
+SYSTEM = " ".join(["you are a helpful bot"] * 6)  # 30 tokens, like a real model's preamble
+_OVERRIDES = [
+    "learner.num_workers=1",
+    "learner.zero_stage=0",
+    "rollout.num_actors=1",
+    "rollout.kv_cache_mib=16",
+    "reward.num_actors=1",
+    "ppo.prompts_per_iteration=8",
+    "ppo.minibatch_size=16",
+    "ppo.micro_batch_size=8",
+    "ppo.iterations=2",
+]
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> Path:
+    """Tiny Llama (128 positions) with a system-turn chat template."""
+    from ray_rlhf.models.factory import TinyModelSpec, write_tiny_model
+    from ray_rlhf.models.tokenizer import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(WORDS, chat_template=CHAT_TEMPLATE)
+    out = tmp_path_factory.mktemp("chat") / "model"
+    return write_tiny_model(out, tokenizer, TinyModelSpec())
+
+
+@pytest.fixture(scope="module")
+def chat_prompts(tmp_path_factory) -> Path:
+    """40 chat prompts of 30 system + 32 user + 3 role-marker tokens after templating."""
+    rows = []
+    for i in range(40):
+        user = " ".join(["sort the list please", "1 2 3 ="][i % 2] for _ in range(8))
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+        rows.append({"id": f"p{i}", "messages": messages})
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _rule(path: Path, body: str) -> str:
+    """A `file.py:reward` rule spec whose function body is `body`."""
+    path.write_text(f"def reward(prompt, response):\n{body}\n")
+    return f"{path}:reward"
+
+
+def test_a_bad_data_file_fails_before_ray_with_one_paragraph(tmp_path, chat_model):
+    bad = tmp_path / "prompts.jsonl"
+    ok = {"messages": [{"role": "user", "content": "sort the list please"}]}
+    ends_with_answer = {"messages": [ok["messages"][0], {"role": "assistant", "content": "1"}]}
+    bad.write_text(json.dumps(ok) + "\n" + json.dumps(ends_with_answer) + "\n")
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    env = os.environ | {
+        "PYTHONPATH": str(ROOT),
+        "RAY_RLHF_RAY_TMP": str(ray_tmp),
+        "RAY_RLHF_CACHE": str(tmp_path / "cache"),
+    }
+    argv = [f"run.output_dir={tmp_path}", f"model.path={chat_model}", f"data.prompts_path={bad}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_rlhf.cli", "ppo", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    what, how, where = proc.stderr.strip().splitlines()[-3:]
+    assert what == (
+        f"ray-rlhf ppo: data error: {bad} row 1, field 'messages': prompt must end with a "
+        "user message, not 'assistant'"
+    )
+    assert how.startswith("Fix or drop the rows named above")
+    log = tmp_path / "ppo" / "logs" / "driver.log"
+    assert where == f"Full traceback: {log}"
+    assert "Traceback (most recent call last)" in log.read_text()
+    assert list(ray_tmp.iterdir()) == []  # Ray never started: no session dir
+
+
+def test_a_rule_that_raises_fails_the_run_once_without_a_retry(
+    tmp_path, chat_model, chat_prompts, ray_session
+):
+    from ray_rlhf.distributed.trainer import WorkerUserError
+    from ray_rlhf.loops import ppo
+
+    calls = tmp_path / "calls.txt"
+    body = f"    open({str(calls)!r}, 'a').write('call\\n')\n    return 1 / 0"
+    cfg = load_config(
+        None,
+        [
+            f"run.output_dir={tmp_path}",
+            f"model.path={chat_model}",
+            f"data.prompts_path={chat_prompts}",
+            f"reward.rule={_rule(tmp_path / 'rule.py', body)}",
+            "learner.max_failures=1",
+            *_OVERRIDES,
+        ],
+    )
+    with pytest.raises(WorkerUserError) as caught:
+        ppo.run_job(cfg)
+    assert caught.value.kind == "reward error"
+    assert "raised ZeroDivisionError: division by zero" in str(caught.value)
+    assert "Traceback" in caught.value.details
+    # The first scored row raised; a Ray Train retry would have scored a second time.
+    assert calls.read_text() == "call\n"
+    assert not (cfg.run.run_dir / "DONE.json").exists()
+
+
+def test_chat_prompts_train_with_default_token_limits(
+    tmp_path, chat_model, chat_prompts, ray_session
+):
+    from ray_rlhf.loops import ppo
+
+    body = "    return len(response.split()) / 10"
+    cfg = load_config(
+        None,
+        [
+            f"run.output_dir={tmp_path}",
+            f"model.path={chat_model}",
+            f"data.prompts_path={chat_prompts}",
+            f"reward.rule={_rule(tmp_path / 'rule.py', body)}",
+            *_OVERRIDES,
+        ],
+    )
+    assert cfg.data.max_prompt_tokens is None and cfg.data.max_response_tokens is None
+    result = ppo.run_job(cfg)
+    data = yaml.safe_load((cfg.run.run_dir / "config.yaml").read_text())["data"]
+    assert data["max_prompt_tokens"] == 65  # 3 role markers + 30 system + 32 user tokens
+    assert data["max_response_tokens"] == 128 - 2 - 65  # capped by max_position_embeddings
+    rows = read_metrics(result.metrics_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[-1]["rollout/response_length"] > 0
+    assert "eval/sampled/reward" in rows[-1]  # on the 2 prompts held out of the 40
+    log = (cfg.run.run_dir / "logs" / "driver.log").read_text()
+    assert "token limits: prompt 65 (longest prompt in the data)" in log
+    assert "holding out 2 of the 40 prompts" in log
+    assert (cfg.run.run_dir / "DONE.json").exists()
