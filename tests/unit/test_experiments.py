@@ -62,7 +62,8 @@ def test_load_experiment_seeds_every_arm(tmp_path):
 
 def test_load_experiment_names_a_bad_arm_key(tmp_path):
     path = tmp_path / "x.yaml"
-    path.write_text("arms:\n  a: {ppo.itrations: 3}\n")
+    limits = "data: {max_prompt_tokens: 32, max_response_tokens: 16}\n"
+    path.write_text(limits + "arms:\n  a: {ppo.itrations: 3}\n")
     with pytest.raises(ConfigError, match=r"arms\.a: ppo\.itrations: unknown key"):
         load_experiment("x", path, [])
 
@@ -81,3 +82,10 @@ def test_testbed_conditions_per_seed():
         "vanilla_long": {"seeds": [0, 1], "curves": [long_ok, long_bad]},
     }}
     assert conditions(data) == {"i": [True, False], "ii": [True, False], "iii": [True, False]}
+
+
+def test_load_experiment_needs_fixed_token_limits(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("arms:\n  a: {}\n")
+    with pytest.raises(ConfigError, match=r"data\.max_prompt_tokens: experiments fix"):
+        load_experiment("x", path, [])
