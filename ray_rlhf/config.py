@@ -71,6 +71,10 @@ class DataConfig:
     """Held-out prompts for evaluation. None: the toy world's test prompts."""
     preferences_path: str | None = None
     """Preference pairs for RM training. None: the toy world's train pairs."""
+    meta_responses_path: str | None = None
+    """Unlabeled policy samples for MetaRM (`rm.meta`): json / jsonl / parquet rows with a
+    `prompt` and a `responses` list of at least `rm.meta.k` texts (a `ray-rlhf
+    sample-baselines` output has this layout). Required when `rm.meta.enabled`."""
     max_prompt_tokens: int = 32
     """Longer prompts are a data error (reported with file and row), never truncated."""
     max_response_tokens: int = 16
@@ -347,6 +351,7 @@ class RLHFConfig:
             "rm.batch_size",
             f"must be a multiple of learner.num_workers ({self.learner.num_workers})",
         )
+        self._check_rm_methods()
         _check(
             self.ppo.minibatch_size % self.learner.num_workers == 0,
             "ppo.minibatch_size",
@@ -361,6 +366,40 @@ class RLHFConfig:
             self.ppo.advantage not in ("rloo", "grpo") or self.rollout.n_samples >= 2,
             "rollout.n_samples",
             f"must be >= 2 for ppo.advantage={self.ppo.advantage!r} (group baselines)",
+        )
+
+    def _check_rm_methods(self) -> None:
+        """Cross-section checks of `rm.contrastive` and `rm.meta`."""
+        workers, zero = self.learner.num_workers, self.learner.zero_stage
+        _check(
+            not (self.rm.meta.enabled and zero == 3),
+            "rm.meta.enabled",
+            "MetaRM needs the full parameters on every rank for its ascent step; it is not "
+            "supported with learner.zero_stage=3 (use learner.zero_stage 0, 1 or 2)",
+        )
+        _check(
+            not self.rm.meta.enabled or self.data.meta_responses_path is not None,
+            "data.meta_responses_path",
+            "required when rm.meta.enabled is true (prompts with k policy samples each)",
+        )
+        _check(
+            self.rm.meta.batch_size % workers == 0,
+            "rm.meta.batch_size",
+            f"must be a multiple of learner.num_workers ({workers})",
+        )
+        _check(
+            not (self.rm.contrastive.kind == "swav" and zero == 3),
+            "rm.contrastive.kind",
+            "swav reads its prototypes outside the model's forward, which ZeRO-3 partitions; "
+            "use learner.zero_stage 0, 1 or 2, or kind simcse",
+        )
+        _check(
+            self.rm.contrastive.kind == "none"
+            or self.rm.contrastive.target == "responses"
+            or self.rm.batch_size // workers >= 2,
+            "rm.batch_size",
+            "needs >= 2 pairs per learner worker with rm.contrastive.target=differences "
+            "(the other pairs of the batch are the negatives)",
         )
 
 
