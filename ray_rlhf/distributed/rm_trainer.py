@@ -121,7 +121,7 @@ def rm_train_loop(config: dict[str, Any]) -> None:
     cfg: RLHFConfig = config["cfg"]
     rank, world = setup_worker(cfg)
     train, held_out = ray.get(config["train_ref"]), ray.get(config["eval_ref"])
-    meta = ray.get(config["meta_ref"]) if config["meta_ref"] is not None else None
+    meta_set = ray.get(config["meta_ref"]) if config["meta_ref"] is not None else None
     n = train["chosen_input_ids"].shape[0]
     learner = RMLearner(
         config["model_dir"],
@@ -138,12 +138,12 @@ def rm_train_loop(config: dict[str, Any]) -> None:
     for step in range(start, cfg.rm.steps):
         idx = global_batch_indices(n, cfg.rm.batch_size, step, cfg.run.seed)[rank::world]
         meta_rows = None
-        if meta is not None:  # MetaRM: this step's meta prompts, in the same resumable order
+        if meta_set is not None:  # MetaRM: this step's meta prompts, resumable like `idx`
             k, size = cfg.rm.meta.k, cfg.rm.meta.batch_size
             prompts = global_batch_indices(
-                meta["input_ids"].shape[0] // k, size, step, cfg.run.seed
+                meta_set["input_ids"].shape[0] // k, size, step, cfg.run.seed
             )
-            meta_rows = meta_batch(meta, prompts[rank::world], k)
+            meta_rows = meta_batch(meta_set, prompts[rank::world], k)
         window.append(learner.train_step(pair_batch(train, idx), meta_rows))
         done = step + 1
         final = done == cfg.rm.steps
