@@ -36,10 +36,11 @@ class RMContrastiveConfig:
     dropout: float = 0.05
     """Dropout applied to the pooled hidden state, independently for each view."""
     views: Literal["forwards", "shared"] = "forwards"
-    """`forwards`: two extra forwards in train mode, as in the paper (the backbone's own
-    dropout, if it has any, also differs between them); `shared`: both views from the BT
-    forward's hidden state. With a backbone without dropout (Llama, the toy model) the two
-    give the same loss and gradients, `shared` without the two extra forwards."""
+    """`forwards`: two extra train-mode passes of the rows, as in the paper (the backbone's
+    own dropout, if it has any, also differs between them), batched with the BT rows into
+    one forward; `shared`: both views from the BT rows' hidden states. With a backbone
+    without dropout (Llama, the toy model) the two give the same loss and gradients,
+    `shared` without the extra passes."""
 
     @property
     def weight(self) -> float:

@@ -33,6 +33,7 @@ from ray_rlhf.learner.engine import (
     SingleEngineLearner,
     full_state_dict,
     init_engine,
+    mean_over_ranks_,
 )
 from ray_rlhf.learner.rm_representation import (
     PROTOTYPES_KEY,
@@ -135,17 +136,6 @@ def meta_batch(data: dict[str, torch.Tensor], idx: torch.Tensor, k: int) -> dict
     picked = {key: value[rows] for key, value in data.items()}
     width = int(picked["attention_mask"].sum(1).max())
     return {key: value[:, :width] for key, value in picked.items()}
-
-
-def mean_over_ranks_(tensors: list[torch.Tensor]) -> None:
-    """Average `tensors` in place over the data-parallel ranks (one flat all-reduce)."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    torch.distributed.all_reduce(flat)
-    flat /= torch.distributed.get_world_size()
-    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
-        t.copy_(part.view_as(t))
 
 
 class RMLearner(SingleEngineLearner):
@@ -261,23 +251,6 @@ class RMLearner(SingleEngineLearner):
             terms = terms._replace(label_smoothing=torch.full((pairs,), cfg.label_smoothing))
         return terms, batch.get("margin") if cfg.margin else None
 
-    def _contrastive(
-        self, batch: dict[str, torch.Tensor], shared: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """L_cl (unweighted) and its metrics; the views come from two extra forwards of the
-        (2P, T) rows, or both from the BT forward's pooled states `shared`."""
-        cfg = self.rm_cfg.contrastive
-        if cfg.views == "shared":
-            assert shared is not None
-            pooled_1 = pooled_2 = shared
-        else:
-            rows = stack_pairs(batch)
-            pooled_1, pooled_2 = (self._forward(rows, states=True)[1] for _ in range(2))
-        prototypes = (
-            self.engine.module.get_parameter(PROTOTYPES_KEY) if cfg.kind == "swav" else None
-        )
-        return contrastive_term(cfg, pooled_1, pooled_2, prototypes)
-
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss on P pairs at the current parameters, and its metrics."""
         pairs = batch["chosen_input_ids"].shape[0]
@@ -294,10 +267,15 @@ class RMLearner(SingleEngineLearner):
                 "rm/prompt_free_gap": float(dr2.mean()),
                 "rm/weight_max": float(weights.max() * pairs),
             }
-        contrastive = self.rm_cfg.contrastive
-        shared = contrastive.kind != "none" and contrastive.views == "shared"
-        scores, pooled = self._forward(stack_pairs(batch), states=shared)
-        chosen, rejected = scores.float().chunk(2)
+        cl = self.rm_cfg.contrastive
+        rows = stack_pairs(batch)  # (2P, T)
+        if cl.kind != "none" and cl.views == "forwards":
+            # The two extra forwards of the views, batched with the BT rows into one call
+            # (3 copies of the rows, each with its own dropout): one forward per backward,
+            # which ZeRO-3 needs.
+            rows = {k: v.repeat(3, 1) for k, v in rows.items()}  # (3 2P, T)
+        scores, pooled = self._forward(rows, states=cl.kind != "none")
+        chosen, rejected = scores[: 2 * pairs].float().chunk(2)
         trained_chosen, trained_rejected = apply_flip(chosen, rejected, terms.flip)
         if margin is None and bool(terms.margin.any()):
             margin = terms.margin
@@ -314,9 +292,14 @@ class RMLearner(SingleEngineLearner):
             "rm/margin": float((chosen - rejected).detach().mean()),
             "rm/flipped": float(terms.flip.float().mean()),
         }
-        if contrastive.kind != "none":
-            term, term_metrics = self._contrastive(batch, pooled)
-            loss = loss + contrastive.weight * term
+        if cl.kind != "none":
+            assert pooled is not None
+            blocks = pooled.split(2 * pairs)  # (2P, H) each: BT rows [, view 1, view 2]
+            view_1, view_2 = blocks[1:] if cl.views == "forwards" else (blocks[0], blocks[0])
+            swav = cl.kind == "swav"
+            prototypes = self.engine.module.get_parameter(PROTOTYPES_KEY) if swav else None
+            term, term_metrics = contrastive_term(cl, view_1, view_2, prototypes)
+            loss = loss + cl.weight * term
             metrics |= term_metrics
         return loss, metrics
 
