@@ -46,8 +46,15 @@ def rm_parts(cfg: RLHFConfig) -> dict[str, Any]:
     shifted test split's), the RM section (and the segmentation, which a per-position RM
     trains on)."""
     toy = {k: v for k, v in to_dict(cfg.data.toyworld).items() if not k.startswith("shifted_")}
+    rm = to_dict(cfg.rm)
+    # Sections of RM methods that are off do not change the RM: leave them out, so adding
+    # such a method (with a default of off) keeps the keys of the RMs trained before it.
+    for name, off in (("contrastive", lambda c: c["kind"] == "none"),
+                      ("meta", lambda c: not c["enabled"])):
+        if name in rm and off(rm[name]):
+            del rm[name]
     parts = {"sft": sft_parts(cfg), "toyworld": toy,
-             "preferences_path": cfg.data.preferences_path, "rm": to_dict(cfg.rm)}
+             "preferences_path": cfg.data.preferences_path, "rm": rm}
     if cfg.rm.head == "per_position":
         parts["segment"] = to_dict(cfg.segment)
     return parts

@@ -5,10 +5,79 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ray_rlhf.typed_config import check as _check
+
+_PAPER_BETA = {"simcse": 1.0, "swav": 0.1}
+"""beta of Wang et al. 2024 for each contrastive kind (docs/algorithms.md §3c)."""
+
+
+@dataclass(frozen=True)
+class RMContrastiveConfig:
+    """Contrastive representation learning for the reward model (Secrets of RLHF II,
+    docs/algorithms.md §3c): L = L_rm + beta * L_cl on two dropout views of the pooled
+    last-token hidden state (the score head's input)."""
+
+    kind: Literal["none", "simcse", "swav"] = "none"
+    """`simcse`: InfoNCE between the views, in-batch negatives; `swav`: swapped prediction
+    of Sinkhorn codes over `prototypes` learned prototypes; `none`: off."""
+    target: Literal["responses", "differences"] = "responses"
+    """Contrast the representation of every response (chosen and rejected: 2P rows), or
+    the difference h_chosen - h_rejected of every pair (P rows)."""
+    beta: float | None = None
+    """Weight of L_cl. None: the paper's value, 1.0 for SimCSE and 0.1 for SwAV."""
+    tau: float = 0.05
+    """Temperature of the SimCSE / SwAV softmax."""
+    prototypes: int = 50
+    """K, SwAV's learned prototypes (trained with the model, saved in its checkpoints, not
+    exported with the reward model)."""
+    dropout: float = 0.05
+    """Dropout applied to the pooled hidden state, independently for each view."""
+    views: Literal["forwards", "shared"] = "forwards"
+    """`forwards`: two extra train-mode passes of the rows, as in the paper (the backbone's
+    own dropout, if it has any, also differs between them), batched with the BT rows into
+    one forward; `shared`: both views from the BT rows' hidden states. With a backbone
+    without dropout (Llama, the toy model) the two give the same loss and gradients,
+    `shared` without the extra passes."""
+
+    @property
+    def weight(self) -> float:
+        """beta, or the paper's value for `kind` when `beta` is None (0 when off)."""
+        if self.kind == "none":
+            return 0.0
+        return _PAPER_BETA[self.kind] if self.beta is None else self.beta
+
+    def __post_init__(self) -> None:
+        _check(self.beta is None or self.beta >= 0, "beta", "must be >= 0 (or null)")
+        _check(self.tau > 0, "tau", "must be > 0")
+        _check(self.prototypes >= 2, "prototypes", "must be >= 2")
+        _check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RMMetaConfig:
+    """MetaRM (Secrets of RLHF II, docs/algorithms.md §3d): before each BT gradient, one
+    plain gradient-ascent step on the reward spread J of unlabeled policy samples
+    (`data.meta_responses_path`); the BT gradient is taken there and applied at the
+    original parameters."""
+
+    enabled: bool = False
+    """Train with the MetaRM update (needs `data.meta_responses_path`, the scalar head and
+    ZeRO stage 0-2)."""
+    eta: float = 0.1
+    """Step size of the SGD ascent theta' = theta + eta * grad J (outside the optimizer).
+    OPEN in the paper; on the toy model 0.1 raises J by 0.005-0.009 per step."""
+    k: int = 4
+    """Responses per prompt in J (the first k of each meta row)."""
+    batch_size: int = 16
+    """Meta prompts per step (global), each with its k responses."""
+
+    def __post_init__(self) -> None:
+        _check(self.eta >= 0, "eta", "must be >= 0")
+        _check(self.k >= 2, "k", "must be >= 2 (J compares responses of one prompt)")
+        _check(self.batch_size > 0, "batch_size", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -59,6 +128,10 @@ class RMConfig:
     """Share of the prioritized weights in the mix with uniform weights (0: plain BT)."""
     ensemble_members: int = 4
     """Reward models trained by `ray-rlhf preference-strength` (M)."""
+    contrastive: RMContrastiveConfig = field(default_factory=RMContrastiveConfig)
+    """Contrastive representation term (docs/algorithms.md §3c)."""
+    meta: RMMetaConfig = field(default_factory=RMMetaConfig)
+    """MetaRM update (docs/algorithms.md §3d)."""
 
     @property
     def uses_strength(self) -> bool:
@@ -95,6 +168,11 @@ class RMConfig:
         _check(self.log_every > 0, "log_every", "must be > 0")
         _check(self.eval_every > 0, "eval_every", "must be > 0")
         _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
+        _check(
+            not (self.meta.enabled and self.head == "per_position"),
+            "meta.enabled",
+            "is implemented for the scalar head only (rm.head=scalar)",
+        )
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,16 @@ from ray_rlhf.algo.ppo_loss import (
     value_loss,
 )
 from ray_rlhf.algo.rewards import place_last_token_rewards
+from ray_rlhf.algo.rm_contrastive import (
+    MetaStepStats,
+    alignment,
+    meta_difference,
+    meta_rm_backward,
+    simcse_loss,
+    sinkhorn_codes,
+    swav_loss,
+    uniformity,
+)
 from ray_rlhf.algo.rm_loss import RMLossStats, bradley_terry_loss, preference_accuracy
 from ray_rlhf.algo.sft import SFTLossStats, sft_loss
 from ray_rlhf.algo.strength import (
@@ -69,6 +79,7 @@ __all__ = [
     "GAEResult",
     "KLController",
     "KLEstimator",
+    "MetaStepStats",
     "PolicyLossStats",
     "PromptFreeGap",
     "RMLossStats",
@@ -76,6 +87,7 @@ __all__ = [
     "StrengthLossTerms",
     "StrengthStats",
     "ValueLossStats",
+    "alignment",
     "apply_flip",
     "apply_kl_penalty",
     "bradley_terry_loss",
@@ -99,6 +111,8 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "meta_difference",
+    "meta_rm_backward",
     "place_last_token_rewards",
     "policy_loss",
     "preference_accuracy",
@@ -110,8 +124,12 @@ __all__ = [
     "reinforce_pp_returns",
     "rloo_advantages",
     "sft_loss",
+    "simcse_loss",
+    "sinkhorn_codes",
     "strength_loss_terms",
+    "swav_loss",
     "token_logprobs",
     "token_values",
+    "uniformity",
     "value_loss",
 ]

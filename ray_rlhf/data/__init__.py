@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ray_rlhf.data.errors import DataValidationError, Problem, ProblemCollector
+    from ray_rlhf.data.meta_responses import load_meta_responses
     from ray_rlhf.data.preferences import load_preferences
     from ray_rlhf.data.prompts import generated_ids, load_prompts
     from ray_rlhf.data.sft import load_sft
@@ -29,6 +30,7 @@ _EXPORTS = {
     "DataValidationError": "errors",
     "Problem": "errors",
     "ProblemCollector": "errors",
+    "load_meta_responses": "meta_responses",
     "load_preferences": "preferences",
     "generated_ids": "prompts",
     "load_prompts": "prompts",
@@ -51,6 +53,7 @@ __all__ = [
     "encode_prompt_response",
     "encode_prompts",
     "generated_ids",
+    "load_meta_responses",
     "load_preferences",
     "load_prompts",
     "load_sft",

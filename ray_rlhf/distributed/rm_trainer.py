@@ -116,11 +116,12 @@ def _report(
 
 def rm_train_loop(config: dict[str, Any]) -> None:
     """Body of each Ray Train worker."""
-    from ray_rlhf.learner.rm import RMLearner, pair_batch
+    from ray_rlhf.learner.rm import RMLearner, meta_batch, pair_batch
 
     cfg: RLHFConfig = config["cfg"]
     rank, world = setup_worker(cfg)
     train, held_out = ray.get(config["train_ref"]), ray.get(config["eval_ref"])
+    meta_set = ray.get(config["meta_ref"]) if config["meta_ref"] is not None else None
     n = train["chosen_input_ids"].shape[0]
     learner = RMLearner(
         config["model_dir"],
@@ -136,7 +137,14 @@ def rm_train_loop(config: dict[str, Any]) -> None:
     tick = time.perf_counter()
     for step in range(start, cfg.rm.steps):
         idx = global_batch_indices(n, cfg.rm.batch_size, step, cfg.run.seed)[rank::world]
-        window.append(learner.train_step(pair_batch(train, idx)))
+        meta_rows = None
+        if meta_set is not None:  # MetaRM: this step's meta prompts, resumable like `idx`
+            k, size = cfg.rm.meta.k, cfg.rm.meta.batch_size
+            prompts = global_batch_indices(
+                meta_set["input_ids"].shape[0] // k, size, step, cfg.run.seed
+            )
+            meta_rows = meta_batch(meta_set, prompts[rank::world], k)
+        window.append(learner.train_step(pair_batch(train, idx), meta_rows))
         done = step + 1
         final = done == cfg.rm.steps
         evaluate = final or done % cfg.rm.eval_every == 0
@@ -177,6 +185,7 @@ def run_rm_trainer(
     train: dict[str, torch.Tensor],
     eval: dict[str, torch.Tensor],  # noqa: A002 - the brief's name for the held-out pairs
     run_dir: Path,
+    meta: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Train a reward model on tokenized pairs and write it to `run_dir/reward_model`.
 
@@ -185,6 +194,8 @@ def run_rm_trainer(
         train: P pairs: chosen_/rejected_ input_ids (P, T) long, attention_mask and
             response_mask (P, T) bool; optionally margin (P,) float.
         eval: Held-out pairs in the same layout (accuracy only).
+        meta: MetaRM's meta responses (`loops.rm.tokenize_meta_responses`), required with
+            `rm.meta.enabled`.
 
     Returns:
         The HF reward-model dir (`load_reward_model`, `RewardScorer` kind "model").
@@ -195,6 +206,7 @@ def run_rm_trainer(
         "model_dir": str(Path(model_dir).resolve()),
         "train_ref": ray.put(train),
         "eval_ref": ray.put(eval),
+        "meta_ref": ray.put(meta) if meta is not None else None,
         "eval_pairs": int(eval["chosen_input_ids"].shape[0]),
         "metrics_dir": str((run_dir / "rm").resolve()),
     }

@@ -13,7 +13,7 @@ def deepspeed_config(
     """The `config=` dict for `deepspeed.initialize`.
 
     The optimizer is a client `torch.optim.AdamW` (works on CPU and GPU alike), so ZeRO needs
-    `zero_allow_untested_optimizer`. Gradient clipping is DeepSpeed's.
+    `zero_allow_untested_optimizer`. Gradient clipping is DeepSpeed's (0: none).
     """
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch_per_worker,
@@ -22,11 +22,10 @@ def deepspeed_config(
         "zero_optimization": {"stage": learner.zero_stage},
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": learner.bf16},
+        "gradient_clipping": learner.grad_clip,  # always set: DeepSpeed clips at 1.0 without it
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if learner.grad_clip > 0:
-        cfg["gradient_clipping"] = learner.grad_clip
     if learner.zero_stage == 3:
         # Gather full weights on save; needed for HF export and weight sync.
         cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True

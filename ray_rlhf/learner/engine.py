@@ -1,4 +1,4 @@
-"""DeepSpeed engine helpers shared by the learners (SFT now; PPO and RM later)."""
+"""DeepSpeed engine helpers shared by the learners (SFT, PPO, RM)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,18 @@ def init_engine(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_cfg
     )
     return engine
+
+
+def mean_over_ranks_(tensors: list[torch.Tensor]) -> None:
+    """Average `tensors` in place over the data-parallel ranks (one flat all-reduce); a
+    no-op without a process group or with one rank."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        t.copy_(part.view_as(t))
 
 
 def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:

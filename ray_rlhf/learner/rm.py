@@ -13,6 +13,7 @@ strength (P,) and margin (P,) float. Both sides go through ONE forward as (2P, T
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from ray_rlhf.algo.decompose import (
     in_batch_alternative_indices,
     prioritized_weights,
 )
+from ray_rlhf.algo.rm_contrastive import meta_difference, meta_rm_backward
 from ray_rlhf.algo.rm_loss import bradley_terry_loss, preference_accuracy
 from ray_rlhf.algo.segments import segment_mean_scores
 from ray_rlhf.algo.strength import StrengthLossTerms, apply_flip, strength_loss_terms
@@ -29,9 +31,22 @@ from ray_rlhf.algo.tokens import join_prompts_and_responses
 from ray_rlhf.config import LearnerConfig, ModelConfig, RMConfig
 from ray_rlhf.learner.engine import (
     SingleEngineLearner,
+    full_state_dict,
     init_engine,
+    mean_over_ranks_,
 )
-from ray_rlhf.models.builders import last_token_values, load_reward_model, score_positions
+from ray_rlhf.learner.rm_representation import (
+    PROTOTYPES_KEY,
+    attach_prototypes,
+    captured_inputs,
+    contrastive_term,
+)
+from ray_rlhf.models.builders import (
+    last_token_states,
+    last_token_values,
+    load_reward_model,
+    score_positions,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -106,6 +121,23 @@ def pair_batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, to
     return {k: v[:, :width] if v.dim() == 2 else v for k, v in rows.items()}
 
 
+def meta_batch(data: dict[str, torch.Tensor], idx: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """The k response rows of each prompt in `idx`, trimmed to the longest real row.
+
+    Args:
+        data: A meta set: (M k, T) tensors, prompt-major (see the module docstring).
+        idx: (P',) long prompt indices.
+        k: Responses per prompt.
+
+    Returns:
+        (P' k, T') tensors, prompt-major.
+    """
+    rows = (idx[:, None] * k + torch.arange(k)).reshape(-1)  # (P' k,)
+    picked = {key: value[rows] for key, value in data.items()}
+    width = int(picked["attention_mask"].sum(1).max())
+    return {key: value[:, :width] for key, value in picked.items()}
+
+
 class RMLearner(SingleEngineLearner):
     """Owns the reward-model engine; one `train_step` is one optimizer step on a micro-batch."""
 
@@ -129,6 +161,9 @@ class RMLearner(SingleEngineLearner):
             seed=seed,
         )
         self.config = model.config
+        if rm_cfg.contrastive.kind == "swav":
+            hidden = model.config.get_text_config().hidden_size
+            attach_prototypes(model, rm_cfg.contrastive.prototypes, hidden, seed)
         self.engine = init_engine(
             model,
             learner_cfg,
@@ -141,14 +176,25 @@ class RMLearner(SingleEngineLearner):
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self._generator = torch.Generator().manual_seed(seed * 1009 + rank)
 
-    def _scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P,) chosen and (P,) rejected scores from one (2P, T) forward."""
-        rows = stack_pairs(batch)
+    def _forward(
+        self, rows: dict[str, torch.Tensor], states: bool = False, engine: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N,) scores of N rows and, with `states`, their (N, H) pooled last-token states
+        (the score head's input, graph attached). `engine=False` calls the bare module:
+        DeepSpeed then hooks no backward epilogue (gradient reduction) onto the outputs."""
         mask = rows["attention_mask"]
-        values = score_positions(self.engine, rows["input_ids"], mask.long())  # (2P, T)
+        capture = captured_inputs(self.engine.module.score) if states else nullcontext([])
+        model = self.engine if engine else self.engine.module
+        with capture as seen:
+            values = score_positions(model, rows["input_ids"], mask.long())  # (N, T)
         scores = sequence_scores(
             values, mask, rows["response_mask"], self.rm_cfg.head, rows.get("segment_ends")
         )
+        return scores, last_token_states(seen[0], mask) if states else None
+
+    def _scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P,) chosen and (P,) rejected scores from one (2P, T) forward."""
+        scores, _ = self._forward(stack_pairs(batch))
         return scores.chunk(2)
 
     @torch.no_grad()
@@ -205,29 +251,11 @@ class RMLearner(SingleEngineLearner):
             terms = terms._replace(label_smoothing=torch.full((pairs,), cfg.label_smoothing))
         return terms, batch.get("margin") if cfg.margin else None
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One forward/backward/step on P pairs.
-
-        The loss is `bradley_terry_loss` with what `rm` selects: the dataset `margin`, the
-        strength loss `rm.loss` (flips, adaptive margin, smoothing from the `strength`
-        column; Wang et al. 2024) and the prompt-free prioritized weights (`rm.prioritized`,
-        Mao et al. 2025).
-
-        Args:
-            batch: P pairs (see the module docstring); `strength` (P,) is read when the loss
-                needs it, `margin` (P,) only when `rm.margin` is set.
-
-        Returns:
-            `rm/loss`, `rm/accuracy` (against the dataset labels, before any flip),
-            `rm/margin` (mean chosen - rejected score), `rm/flipped` (share of flipped
-            labels), `rm/lr`, `rm/grad_norm`, `timing/step`; with prioritization also
-            `rm/prompt_free_gap` (mean dr2) and `rm/weight_max` (largest weight x P).
-        """
-        start = time.perf_counter()
-        self.engine.train()
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss on P pairs at the current parameters, and its metrics."""
         pairs = batch["chosen_input_ids"].shape[0]
         terms, margin = self._loss_terms(batch, pairs)
-        extra: dict[str, float] = {}
+        metrics: dict[str, float] = {}
         weights = None
         if self.rm_cfg.prioritized and pairs >= 2:
             dr2 = self.prompt_free_gaps(batch)  # (P,) chosen - rejected
@@ -235,11 +263,19 @@ class RMLearner(SingleEngineLearner):
             weights = prioritized_weights(
                 dr2, direction, self.rm_cfg.prioritized_tau, self.rm_cfg.prioritized_alpha
             )
-            extra = {
+            metrics = {
                 "rm/prompt_free_gap": float(dr2.mean()),
                 "rm/weight_max": float(weights.max() * pairs),
             }
-        chosen, rejected = (s.float() for s in self._scores(batch))
+        cl = self.rm_cfg.contrastive
+        rows = stack_pairs(batch)  # (2P, T)
+        if cl.kind != "none" and cl.views == "forwards":
+            # The two extra forwards of the views, batched with the BT rows into one call
+            # (3 copies of the rows, each with its own dropout): one forward per backward,
+            # which ZeRO-3 needs.
+            rows = {k: v.repeat(3, 1) for k, v in rows.items()}  # (3 2P, T)
+        scores, pooled = self._forward(rows, states=cl.kind != "none")
+        chosen, rejected = scores[: 2 * pairs].float().chunk(2)
         trained_chosen, trained_rejected = apply_flip(chosen, rejected, terms.flip)
         if margin is None and bool(terms.margin.any()):
             margin = terms.margin
@@ -250,18 +286,107 @@ class RMLearner(SingleEngineLearner):
             label_smoothing=terms.label_smoothing,
             weights=weights,
         )
-        self.engine.backward(loss)
-        self.engine.step()
-        grad_norm = self.engine.get_global_grad_norm()
-        return extra | {
+        metrics |= {
             "rm/loss": float(loss.detach()),
             "rm/accuracy": float(preference_accuracy(chosen.detach(), rejected.detach())),
             "rm/margin": float((chosen - rejected).detach().mean()),
             "rm/flipped": float(terms.flip.float().mean()),
+        }
+        if cl.kind != "none":
+            assert pooled is not None
+            blocks = pooled.split(2 * pairs)  # (2P, H) each: BT rows [, view 1, view 2]
+            view_1, view_2 = blocks[1:] if cl.views == "forwards" else (blocks[0], blocks[0])
+            swav = cl.kind == "swav"
+            prototypes = self.engine.module.get_parameter(PROTOTYPES_KEY) if swav else None
+            term, term_metrics = contrastive_term(cl, view_1, view_2, prototypes)
+            loss = loss + cl.weight * term
+            metrics |= term_metrics
+        return loss, metrics
+
+    def _meta_backward(
+        self, batch: dict[str, torch.Tensor], meta: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """MetaRM (docs/algorithms.md §3d): the gradient of `_loss(batch)` taken after an
+        SGD ascent step on J(meta), written into the engine at the restored parameters.
+
+        The ascent uses the full parameters, which every rank holds under ZeRO 0-2 (ZeRO-2
+        partitions gradients and optimizer state only), with grad J averaged over ranks, so
+        every rank ascends to the same theta'. J's forward bypasses the engine, whose output
+        hooks would otherwise run its gradient reduction on `autograd.grad(J)`. The engine's
+        backward then reduces and partitions the BT gradient at theta' as usual; theta is
+        restored before `step`.
+        """
+        k = self.rm_cfg.meta.k
+        params = [p for p in self.engine.module.parameters() if p.requires_grad]
+        stats, metrics = meta_rm_backward(
+            params,
+            lambda: meta_difference(self._forward(meta, engine=False)[0].float(), k),
+            lambda: self._loss(batch),
+            self.rm_cfg.meta.eta,
+            backward=self.engine.backward,
+            reduce_mean=mean_over_ranks_,
+        )
+        return metrics | {
+            "rm/meta_difference": float(stats.meta_difference),
+            "rm/meta_difference_after": float(stats.meta_difference_after),
+            "rm/meta_grad_norm": float(stats.meta_grad_norm),
+        }
+
+    def train_step(
+        self, batch: dict[str, torch.Tensor], meta: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, float]:
+        """One forward/backward/step on P pairs (and, with MetaRM, a meta batch).
+
+        The loss is `bradley_terry_loss` with what `rm` selects: the dataset `margin`, the
+        strength loss `rm.loss` (flips, adaptive margin, smoothing from the `strength`
+        column; Wang et al. 2024), the prompt-free prioritized weights (`rm.prioritized`,
+        Mao et al. 2025), plus beta times the contrastive term (`rm.contrastive`, Wang et
+        al. 2024). With `rm.meta.enabled` its gradient is taken at MetaRM's ascended
+        parameters (`_meta_backward`).
+
+        Args:
+            batch: P pairs (see the module docstring); `strength` (P,) is read when the loss
+                needs it, `margin` (P,) only when `rm.margin` is set.
+            meta: P' prompts x k responses (see the module docstring); required with
+                `rm.meta.enabled`, ignored otherwise.
+
+        Returns:
+            `rm/loss` (the BT part), `rm/accuracy` (against the dataset labels, before any
+            flip), `rm/margin` (mean chosen - rejected score), `rm/flipped` (share of
+            flipped labels), `rm/lr`, `rm/grad_norm`, `timing/step`; with prioritization
+            also `rm/prompt_free_gap` (mean dr2) and `rm/weight_max` (largest weight x P);
+            with a contrastive term `rm/contrastive_loss`, `rm/representation_alignment`,
+            `rm/uniformity`; with MetaRM `rm/meta_difference` (J before the ascent),
+            `rm/meta_difference_after` (J at theta') and `rm/meta_grad_norm`.
+
+        Raises:
+            ValueError: If MetaRM is on and `meta` is None.
+        """
+        start = time.perf_counter()
+        self.engine.train()
+        if self.rm_cfg.meta.enabled:
+            if meta is None:
+                raise ValueError(
+                    "rm.meta.enabled: train_step needs a meta batch (data.meta_responses_path)"
+                )
+            metrics = self._meta_backward(batch, meta)
+        else:
+            loss, metrics = self._loss(batch)
+            self.engine.backward(loss)
+        self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        return metrics | {
             "rm/lr": float(self.engine.get_lr()[0]),
             "rm/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "timing/step": time.perf_counter() - start,
         }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Full reward-model weights on CPU (collective under ZeRO-3), without SwAV's
+        prototypes: they are training state, kept in the engine checkpoints only."""
+        weights = full_state_dict(self.engine)
+        weights.pop(PROTOTYPES_KEY, None)
+        return weights
 
     @torch.no_grad()
     def margins(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

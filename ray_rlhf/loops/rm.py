@@ -66,6 +66,53 @@ def tokenize_pairs(
     return out
 
 
+def tokenize_meta_responses(
+    dataset: Any, tokenizer: Any, max_length: int
+) -> dict[str, torch.Tensor]:
+    """Encode (prompt, response + EOS) for each of every row's k responses, padded to one width.
+
+    Args:
+        dataset: Rows with `prompt` and `responses` (k texts each, as `load_meta_responses`
+            returns).
+
+    Returns:
+        input_ids (M k, T) long, attention_mask and response_mask (M k, T) bool, prompt-major:
+        rows m k .. m k + k - 1 are the responses of prompt m.
+    """
+    from ray_rlhf.data.tokenize import encode_prompt_response, pad_batch
+
+    examples = [
+        encode_prompt_response(tokenizer, prompt, response, max_length=max_length)
+        for prompt, responses in zip(dataset["prompt"], dataset["responses"], strict=True)
+        for response in responses
+    ]
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    return pad_batch(examples, pad_id)
+
+
+def load_meta_tensors(cfg: RLHFConfig, base_dir: Path) -> dict[str, torch.Tensor] | None:
+    """Validate (`load_meta_responses`, errors name file and row) and tokenize MetaRM's meta
+    responses, the first `rm.meta.k` of each row; None unless `rm.meta.enabled`."""
+    if not cfg.rm.meta.enabled:
+        return None
+    from ray_rlhf.data.meta_responses import load_meta_responses
+    from ray_rlhf.models.builders import load_tokenizer
+
+    assert cfg.data.meta_responses_path is not None  # RLHFConfig checks this
+    tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
+    data = load_meta_responses(
+        cfg.data.meta_responses_path,
+        k=cfg.rm.meta.k,
+        tokenizer=tokenizer,
+        max_prompt_tokens=cfg.data.max_prompt_tokens,
+        max_response_tokens=cfg.data.max_response_tokens,
+    )
+    max_length = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 2
+    return tokenize_meta_responses(data, tokenizer, max_length)
+
+
 def check_pair_columns(dataset: Any, cfg: RLHFConfig, source: str) -> None:
     """The per-pair columns `cfg.rm` reads exist and are finite, before any training.
 
@@ -161,16 +208,19 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
 
     start = time.perf_counter()
     train, held_out = load_rm_tensors(cfg, run_dir, policy_dir)
+    meta = load_meta_tensors(cfg, policy_dir)
     n, width = train["chosen_input_ids"].shape
     n_eval = held_out["chosen_input_ids"].shape[0]
     check_held_out_pairs(n_eval, cfg, cfg.data.preferences_path or "the toy world's pref_test")
     print(
         f"[rm] {n} pairs (max {width} tokens), {n_eval} held out, "
         f"{cfg.rm.steps} steps, head {cfg.rm.head}, {cfg.learner.num_workers} workers, "
-        f"ZeRO-{cfg.learner.zero_stage}",
+        f"ZeRO-{cfg.learner.zero_stage}{_methods(cfg, meta)}",
         flush=True,
     )
-    out = run_rm_trainer(cfg, model_dir=policy_dir, train=train, eval=held_out, run_dir=run_dir)
+    out = run_rm_trainer(
+        cfg, model_dir=policy_dir, train=train, eval=held_out, run_dir=run_dir, meta=meta
+    )
     if cfg.rm.head == "per_position":  # fit + store the location-aware normalizer
         from ray_rlhf.loops.segment_normalizer import fit_and_store, rl_prompt_texts
 
@@ -180,6 +230,18 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
         fit_and_store(cfg, out, policy_dir, train, prompts)
     accuracy = float(load_json(out / METADATA_FILE)["eval_accuracy"])
     return RMResult(out, policy_dir, accuracy, time.perf_counter() - start)
+
+
+def _methods(cfg: RLHFConfig, meta: dict[str, torch.Tensor] | None) -> str:
+    """The header's note on the contrastive term and MetaRM, if they are on."""
+    note = ""
+    if cfg.rm.contrastive.kind != "none":
+        cl = cfg.rm.contrastive
+        note += f", {cl.kind} on {cl.target} (beta {cl.weight:g}, views {cl.views})"
+    if meta is not None:
+        prompts = meta["input_ids"].shape[0] // cfg.rm.meta.k
+        note += f", MetaRM on {prompts} prompts x {cfg.rm.meta.k} (eta {cfg.rm.meta.eta:g})"
+    return note
 
 
 def run_job(cfg: RLHFConfig) -> RMResult:

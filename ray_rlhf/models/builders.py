@@ -326,9 +326,31 @@ def last_token_values(values: torch.Tensor, attention_mask: torch.Tensor) -> tor
     Raises:
         ValueError: If a row has no real token.
     """
+    last = _last_positions(attention_mask)  # (B,)
+    return values.gather(-1, last.unsqueeze(-1)).squeeze(-1)
+
+
+def last_token_states(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The hidden state at each row's last real token (where a scalar RM reads its score).
+
+    Args:
+        states: (B, T, H) per-position hidden states.
+        attention_mask: (B, T), 1 for real tokens, 0 for padding; left or right padded.
+
+    Returns:
+        (B, H) states.
+
+    Raises:
+        ValueError: If a row has no real token.
+    """
+    last = _last_positions(attention_mask)  # (B,)
+    return states[torch.arange(states.shape[0], device=states.device), last]
+
+
+def _last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of each row's last real token; ValueError if a row has none."""
     mask = attention_mask.bool()
     if not mask.any(dim=-1).all():
         raise ValueError("every row of attention_mask needs at least one real token")
     positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
-    last = torch.where(mask, positions, -1).amax(dim=-1)  # (B,)
-    return values.gather(-1, last.unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask, positions, -1).amax(dim=-1)

@@ -181,3 +181,52 @@ def test_shipped_job_configs_load():
     for path in configs:
         cfg, _ = load_config_with(path)
         assert cfg.run.name == path.stem
+
+
+def test_rm_contrastive_and_meta_sections():
+    cfg = load_config(None, ["rm.contrastive.kind=swav"])
+    assert cfg.rm.contrastive.weight == 0.1  # the paper's SwAV beta when beta is null
+    assert load_config(None, ["rm.contrastive.kind=simcse"]).rm.contrastive.weight == 1.0
+    assert (
+        load_config(
+            None, ["rm.contrastive.kind=simcse", "rm.contrastive.beta=0.3"]
+        ).rm.contrastive.weight
+        == 0.3
+    )
+    assert load_config(None).rm.contrastive.weight == 0.0
+    meta = ["rm.meta.enabled=true", "data.meta_responses_path=m.jsonl"]
+    assert load_config(None, [*meta, "learner.zero_stage=2"]).rm.meta.k == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (
+            ["rm.meta.enabled=true", "data.meta_responses_path=m.jsonl", "learner.zero_stage=3"],
+            r"rm\.meta\.enabled: .*not supported with learner\.zero_stage=3",
+        ),
+        (["rm.meta.enabled=true"], r"data\.meta_responses_path: required when rm\.meta\.enabled"),
+        (["rm.meta.k=1"], r"rm\.meta\.k: must be >= 2"),
+        (["rm.meta.eta=-1"], r"rm\.meta\.eta: must be >= 0"),
+        (["rm.meta.batch_size=3"], r"rm\.meta\.batch_size: must be a multiple of"),
+        (
+            ["rm.meta.enabled=true", "rm.head=per_position", "segment.reward_granularity=token"],
+            r"rm\.meta\.enabled: is implemented for the scalar head only",
+        ),
+        (["rm.contrastive.kind=moco"], r"rm\.contrastive\.kind: must be one of"),
+        (["rm.contrastive.tau=0"], r"rm\.contrastive\.tau: must be > 0"),
+        (["rm.contrastive.dropout=1"], r"rm\.contrastive\.dropout: must be in \[0, 1\)"),
+        (["rm.contrastive.prototypes=1"], r"rm\.contrastive\.prototypes: must be >= 2"),
+        (
+            ["rm.contrastive.kind=swav", "learner.zero_stage=3"],
+            r"rm\.contrastive\.kind: swav .* ZeRO-3",
+        ),
+        (
+            ["rm.contrastive.kind=simcse", "rm.contrastive.target=differences", "rm.batch_size=2"],
+            r"rm\.batch_size: needs >= 2 pairs per learner worker",
+        ),
+    ],
+)
+def test_rm_contrastive_and_meta_errors_name_the_key(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, overrides)
