@@ -150,6 +150,7 @@ def rm_accuracy(reward_model: Path, cfg: RLHFConfig) -> dict[str, float]:
     """
     import torch
 
+    from experiments.summary import truth_accuracies
     from ray_rlhf.data.toyworld import build_splits
     from ray_rlhf.reward.scorer import ModelSource
 
@@ -157,17 +158,18 @@ def rm_accuracy(reward_model: Path, cfg: RLHFConfig) -> dict[str, float]:
                          threads=torch.get_num_threads())
     splits = build_splits(cfg.data.toyworld)
     out = {}
-    for name, ds in (("", splits.pref_test), ("_shifted", splits.pref_shifted)):
+    for name, ds in (("test", splits.pref_test), ("shifted", splits.pref_shifted)):
         done = [True] * ds.num_rows
         margin = (source.score_texts(ds["prompt"], ds["chosen"], done)
                   - source.score_texts(ds["prompt"], ds["rejected"], done))
-        truth = torch.tensor(ds["chosen_true_reward"]) - torch.tensor(ds["rejected_true_reward"])
-        same = torch.tensor(ds["chosen_style"]) == torch.tensor(ds["rejected_style"])
-        right = (margin > 0) == (truth > 0)
-        keep = truth != 0
-        out[f"rm_acc{name or '_all'}"] = float(right[keep].float().mean())
-        if not name:
-            out["rm_acc_same_style"] = float(right[keep & same].float().mean())
+        truth = [c - r for c, r in zip(ds["chosen_true_reward"], ds["rejected_true_reward"],
+                                       strict=True)]
+        same = [c == r for c, r in zip(ds["chosen_style"], ds["rejected_style"], strict=True)]
+        acc = truth_accuracies(margin.tolist(), truth, same)
+        if name == "test":
+            out |= {"rm_acc_all": acc["all"], "rm_acc_same_style": acc["same_style"]}
+        else:
+            out["rm_acc_shifted"] = acc["all"]
     return out
 
 

@@ -82,3 +82,21 @@ def summarize_arm(rows: list[dict[str, Any]], kl_budgets: tuple[float, ...]) -> 
         "true_at_kl": {f"{b:g}": value_at_kl(points, b) for b in kl_budgets},
         "curve": points,
     }
+
+
+def truth_accuracies(
+    margins: list[float], truth_gaps: list[float], same_style: list[bool]
+) -> dict[str, float]:
+    """How often an RM's pair margins r(chosen) - r(rejected) agree in sign with the true
+    reward gap, ties of the truth skipped: over all pairs, and over the pairs whose two
+    responses agree on the style token (the RM must have read quality there).
+
+    Args:
+        margins, truth_gaps, same_style: (P,) per pair.
+    """
+    def share(keep: list[bool]) -> float:
+        right = [(m > 0) == (t > 0) for m, t, k in zip(margins, truth_gaps, keep, strict=True)
+                 if k and t != 0]
+        return sum(right) / len(right) if right else float("nan")
+
+    return {"all": share([True] * len(margins)), "same_style": share(same_style)}

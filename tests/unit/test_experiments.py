@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from experiments.protocol import arm_config, load_experiment
-from experiments.summary import eval_points, summarize_arm, value_at_kl
+from experiments.summary import eval_points, summarize_arm, truth_accuracies, value_at_kl
 from ray_rlhf.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ def test_load_experiment_seeds_every_arm(tmp_path):
     exp = load_experiment("testbed", ROOT / "experiments/configs/testbed.yaml", [])
     cfg = arm_config(exp.base, exp.arms["vanilla_long"], 7)
     assert (cfg.run.seed, cfg.model.tiny.seed, cfg.data.toyworld.seed) == (7, 7, 7)
-    assert cfg.ppo.eval_at_start and cfg.ppo.iterations == 120
+    assert cfg.ppo.eval_at_start and cfg.ppo.iterations == 150 and cfg.ppo.kl.coef == 0.0
     assert exp.run_dir == Path("runs/experiments/testbed")
     assert len(exp.config_sha256) == 64
 
@@ -89,3 +89,12 @@ def test_load_experiment_needs_fixed_token_limits(tmp_path):
     path.write_text("arms:\n  a: {}\n")
     with pytest.raises(ConfigError, match=r"data\.max_prompt_tokens: experiments fix"):
         load_experiment("x", path, [])
+
+
+def test_truth_accuracies_skip_ties_and_split_by_style():
+    margins = [1.0, -2.0, 5.0, -0.1, 0.3]
+    truth = [0.5, -0.2, 0.0, 0.3, -0.4]  # pair 2 is a tie; pairs 0, 1 right, 3 and 4 wrong
+    same = [True, False, True, True, False]
+    acc = truth_accuracies(margins, truth, same)
+    assert acc["all"] == pytest.approx(2 / 4)
+    assert acc["same_style"] == pytest.approx(1 / 2)  # pairs 0 (right) and 3 (wrong)
