@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 import yaml
 
 from ray_rlhf.config import RLHFConfig, dump_config
+from ray_rlhf.loops.common import IN_RAY_JOB
 from ray_rlhf.typed_config import ConfigError, build, check, merge, parse_override, set_dotted
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,11 @@ def load_experiment(name: str, path: str | Path, overrides: list[str]) -> Experi
     tree.setdefault("run", {}).setdefault("name", name)
     tree["run"].setdefault("output_dir", "runs/experiments")
     base = build(RLHFConfig, merge({}, tree), "")
+    if IN_RAY_JOB in os.environ:
+        for key, value in (("run.output_dir", base.run.output_dir),
+                           ("experiment.shared_dir", settings.shared_dir)):
+            check(Path(value).is_absolute(), key, f"{value!r} is relative, but this is a Ray "
+                  "job whose working dir is a temporary copy; give an absolute path")
     for key in ("max_prompt_tokens", "max_response_tokens"):
         check(getattr(base.data, key) is not None, f"data.{key}",
               "experiments fix the token limits in their config (they key the shared stages)")

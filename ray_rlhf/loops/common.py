@@ -25,7 +25,7 @@ class RunDirError(ConfigError):
 
 
 # Set by Ray's job supervisor in the driver of a `ray job submit` job.
-_IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def prepare_run_dir(cfg: RLHFConfig) -> Path:
@@ -36,7 +36,7 @@ def prepare_run_dir(cfg: RLHFConfig) -> Path:
     how a stopped run resumes.
     """
     run_dir = cfg.run.run_dir
-    if _IN_RAY_JOB in os.environ and not run_dir.is_absolute():
+    if IN_RAY_JOB in os.environ and not run_dir.is_absolute():
         raise RunDirError(
             f"run.output_dir: {cfg.run.output_dir!r} is relative, but this is a Ray job whose "
             "working dir is a temporary copy; give an absolute path on shared storage"

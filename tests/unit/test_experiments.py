@@ -98,3 +98,14 @@ def test_truth_accuracies_skip_ties_and_split_by_style():
     acc = truth_accuracies(margins, truth, same)
     assert acc["all"] == pytest.approx(2 / 4)
     assert acc["same_style"] == pytest.approx(1 / 2)  # pairs 0 (right) and 3 (wrong)
+
+
+def test_relative_outputs_refused_inside_a_ray_job(monkeypatch):
+    from ray_rlhf.loops.common import IN_RAY_JOB
+
+    monkeypatch.setenv(IN_RAY_JOB, "{}")
+    with pytest.raises(ConfigError, match=r"run\.output_dir: 'runs/experiments' is relative"):
+        load_experiment("testbed", ROOT / "experiments/configs/testbed.yaml", [])
+    exp = load_experiment("testbed", ROOT / "experiments/configs/testbed.yaml",
+                          ["run.output_dir=/tmp/x", "experiment.shared_dir=/tmp/y"])
+    assert exp.run_dir == Path("/tmp/x/testbed")
