@@ -34,7 +34,7 @@ import torch
 
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.learner.meta_rm import DomainData
-from ray_rlhf.loops.common import prepare_base_model, toyworld_files
+from ray_rlhf.loops.common import prepare_base_model
 
 STATE_DIR = "meta_state"
 METRICS_DIR = "meta"
@@ -55,23 +55,10 @@ class MetaRMResult:
 
 def _load_datasets(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Any, Any, str]:
     """Validated (train, held-out) preference datasets and the train source's name."""
-    from ray_rlhf.data.preferences import load_preferences
-    from ray_rlhf.data.sampler import held_out_split
-    from ray_rlhf.loops.rm import EVAL_FRACTION
+    from ray_rlhf.loops.rm import load_pair_splits
 
-    def load(source: str) -> Any:
-        return load_preferences(
-            source,
-            tokenizer=tokenizer,
-            max_prompt_tokens=cfg.data.max_prompt_tokens,
-            max_response_tokens=cfg.data.max_response_tokens,
-        )
-
-    if cfg.data.preferences_path is None:
-        files = toyworld_files(cfg, run_dir)
-        return load(str(files["pref_train"])), load(str(files["pref_test"])), "pref_train"
-    train, held_out = held_out_split(load(cfg.data.preferences_path), EVAL_FRACTION, cfg.run.seed)
-    return train, held_out, cfg.data.preferences_path
+    train, held_out, source = load_pair_splits(cfg, run_dir, tokenizer)
+    return train, held_out, "pref_train" if cfg.data.preferences_path is None else source
 
 
 def load_domains(

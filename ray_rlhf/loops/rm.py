@@ -159,18 +159,12 @@ def check_held_out_pairs(n_eval: int, cfg: RLHFConfig, source: str) -> None:
         )
 
 
-def load_rm_tensors(
-    cfg: RLHFConfig, run_dir: Path, base_dir: Path
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Validate (`load_preferences`, errors name file and row) and tokenize the train and
-    held-out pairs: the toy world's pref_train / pref_test, or `data.preferences_path`
-    split by `held_out_split`."""
-    from ray_rlhf.data.limits import max_sequence_tokens
+def load_pair_splits(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Any, Any, str]:
+    """Validated (train, held-out) preference pairs and the train source's name: the toy
+    world's pref_train / pref_test, or `data.preferences_path` split by `held_out_split`
+    (`EVAL_FRACTION` held out, seeded). Errors name file, row and field."""
     from ray_rlhf.data.preferences import load_preferences
     from ray_rlhf.data.sampler import held_out_split
-    from ray_rlhf.models.builders import load_tokenizer
-
-    tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
 
     def load(source: str) -> Any:
         return load_preferences(
@@ -182,11 +176,23 @@ def load_rm_tensors(
 
     if cfg.data.preferences_path is None:
         files = toyworld_files(cfg, run_dir)
-        source = str(files["pref_train"])
-        train, held_out = load(source), load(str(files["pref_test"]))
-    else:
-        source = cfg.data.preferences_path
-        train, held_out = held_out_split(load(source), EVAL_FRACTION, cfg.run.seed)
+        return load(str(files["pref_train"])), load(str(files["pref_test"])), str(
+            files["pref_train"]
+        )
+    source = cfg.data.preferences_path
+    train, held_out = held_out_split(load(source), EVAL_FRACTION, cfg.run.seed)
+    return train, held_out, source
+
+
+def load_rm_tensors(
+    cfg: RLHFConfig, run_dir: Path, base_dir: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Validate and tokenize the train and held-out pairs (`load_pair_splits`)."""
+    from ray_rlhf.data.limits import max_sequence_tokens
+    from ray_rlhf.models.builders import load_tokenizer
+
+    tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
+    train, held_out, source = load_pair_splits(cfg, run_dir, tokenizer)
     check_pair_columns(train, cfg, source)
     max_length = max_sequence_tokens(cfg.data)
     pairs = (
