@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="experiment name (a file in experiments/configs/)")
     parser.add_argument("--config", help="YAML file (default: experiments/configs/<name>.yaml)")
     parser.add_argument("--arms", help="comma-separated subset of the config's arms")
+    parser.add_argument(
+        "--publish", metavar="DIR",
+        help="also copy the report, JSON and plot to DIR as <name>.md / .json / .png "
+        "(with DIR/<name>_notes.md appended to the report when it exists)",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -36,7 +42,21 @@ def main(argv: list[str] | None = None) -> int:
         exp = dataclasses.replace(exp, arms={a: exp.arms[a] for a in wanted})
     data = run_experiment(exp)
     print((exp.run_dir / "report.md").read_text(), flush=True)
+    if args.publish:
+        publish(exp.name, exp.run_dir, Path(args.publish))
     return 0 if data["arms"] else 1
+
+
+def publish(name: str, run_dir: Path, out: Path) -> None:
+    """Copy an experiment's report (image link renamed), JSON and plot into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = (run_dir / "report.md").read_text().replace("(gold_vs_kl.png)", f"({name}.png)")
+    notes = out / f"{name}_notes.md"
+    if notes.exists():
+        report += "\n" + notes.read_text()
+    (out / f"{name}.md").write_text(report)
+    shutil.copyfile(run_dir / f"{name}.json", out / f"{name}.json")
+    shutil.copyfile(run_dir / "gold_vs_kl.png", out / f"{name}.png")
 
 
 if __name__ == "__main__":

@@ -109,3 +109,18 @@ def test_relative_outputs_refused_inside_a_ray_job(monkeypatch):
     exp = load_experiment("testbed", ROOT / "experiments/configs/testbed.yaml",
                           ["run.output_dir=/tmp/x", "experiment.shared_dir=/tmp/y"])
     assert exp.run_dir == Path("/tmp/x/testbed")
+
+
+def test_publish_copies_report_json_plot_and_appends_notes(tmp_path):
+    from experiments.run import publish
+
+    run_dir, out = tmp_path / "run", tmp_path / "docs"
+    run_dir.mkdir()
+    out.mkdir()
+    (run_dir / "report.md").write_text("# R\n![gold vs KL](gold_vs_kl.png)\n")
+    (run_dir / "x.json").write_text("{}")
+    (run_dir / "gold_vs_kl.png").write_bytes(b"png")
+    (out / "x_notes.md").write_text("## Notes\n")
+    publish("x", run_dir, out)
+    assert (out / "x.md").read_text() == "# R\n![gold vs KL](x.png)\n\n## Notes\n"
+    assert (out / "x.png").read_bytes() == b"png" and (out / "x.json").read_text() == "{}"
