@@ -344,6 +344,10 @@ class RunConfig:
     """Seed of data order, sampling and initialization."""
     overwrite: bool = False
     """Allow writing into an existing run directory that holds a finished run."""
+    allow_config_change: bool = False
+    """Resume an unfinished run dir even though its stored `config.yaml` differs from this
+    config in a key that changes the result (model, data, algorithm, sizes, seeds;
+    `ray_rlhf.config_diff`). Off: such a rerun is refused, naming the keys."""
 
     @property
     def run_dir(self) -> Path:

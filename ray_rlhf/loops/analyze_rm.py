@@ -116,7 +116,8 @@ def _load(cfg: RLHFConfig, run_dir: Path) -> tuple[Any, str]:
 
 def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     """`ray-rlhf analyze-rm reward.model_path=DIR [data.preferences_path=FILE]`."""
-    from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.config import dump_config
+    from ray_rlhf.loops.common import CONFIG_FILE, mark_done, prepare_run_dir
     from ray_rlhf.models.checkpoint import save_json_atomic
     from ray_rlhf.reward.scorer import ModelSource
 
@@ -130,6 +131,7 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
         threads=torch.get_num_threads(),
     )  # validates the directory before the data work
     run_dir = prepare_run_dir(cfg)
+    dump_config(cfg, run_dir / CONFIG_FILE)  # no preflight here
     dataset, data_source = _load(cfg, run_dir)
     parts = decompose_pairs(
         source_model,

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from ray_rlhf.config import RLHFConfig, dump_config
-from ray_rlhf.loops.common import prepare_base_model, toyworld_files
+from ray_rlhf.config_diff import DERIVED_KEYS
+from ray_rlhf.loops.common import (
+    CONFIG_FILE,
+    check_resume_config,
+    prepare_base_model,
+    toyworld_files,
+)
 
 Stage = Literal["sft", "rm", "ppo"]
 """A stage of a run: each reads its own data (SFT pairs, preference pairs, prompts)."""
@@ -49,7 +55,9 @@ def preflight(
 
     Raises:
         DataValidationError: Naming file, row and field of bad or over-long rows.
-        ConfigError: Naming the keys of limits the model cannot hold.
+        ConfigError: Naming the keys of limits the model cannot hold, or (a
+            `ConfigChangedError`) derived limits that differ from the ones of the
+            unfinished run stored in `run_dir`.
         ModelDirError: A model dir is missing or unusable.
         ValueError: The reward rule cannot be imported or called as f(prompt, response).
     """
@@ -88,7 +96,9 @@ def preflight(
                 "(max_position_embeddings)."
             )
             raise
-    dump_config(resolved, run_dir / "config.yaml")
+    # A resumed run's stored limits were resolved too: compare like with like.
+    check_resume_config(resolved, run_dir, only=DERIVED_KEYS)
+    dump_config(resolved, run_dir / CONFIG_FILE)
     return resolved
 
 
