@@ -10,7 +10,7 @@ of iteration k replays exactly iteration k + 1.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ray_rlhf.distributed.checkpointing import (
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
 from ray_rlhf.reward.segments import segment_batch_metrics
-from ray_rlhf.types import ScoredBatch, group_range, select_groups
+from ray_rlhf.types import RolloutBatch, ScoredBatch, group_range, select_groups
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,19 @@ class PromptSet:
 
     ids: list[str]
     texts: list[str]
+    """What the model reads (chat-templated where a template applies)."""
+    user_texts: list[str]
+    """The prompts as the user wrote them (what rule rewards receive)."""
     toyworld: bool
     """True when the toy world's ground truth can score these prompts."""
+
+    def generate(self, pool: Any, rows: list[int], **kwargs: Any) -> RolloutBatch:
+        """Samples the prompts `rows` with the rollout pool; the batch carries their user
+        texts too (`RolloutBatch.user_prompts`) when they differ from what the model read."""
+        texts = [self.texts[i] for i in rows]
+        batch = pool.generate([self.ids[i] for i in rows], texts, **kwargs)
+        users = [self.user_texts[i] for i in rows]
+        return batch if users == texts else replace(batch, user_prompts=users)
 
 
 def _broadcast(obj: Any) -> Any:
@@ -52,9 +63,9 @@ def _rollout_phase(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int):
     rollout, ppo = cfg.rollout, cfg.ppo
     idx = global_batch_indices(len(prompts.ids), ppo.prompts_per_iteration, it, cfg.run.seed)
     t0 = time.perf_counter()
-    batch = pools["rollout"].generate(
-        [prompts.ids[i] for i in idx],
-        [prompts.texts[i] for i in idx],
+    batch = prompts.generate(
+        pools["rollout"],
+        idx.tolist(),
         n_samples=rollout.n_samples,
         max_tokens=cfg.data.max_response_tokens,
         temperature=rollout.temperature,
@@ -104,9 +115,9 @@ def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet, learner: Any) ->
     """
     out: dict[str, float] = {}
     for mode, n, temp in (("greedy", 1, 0.0), ("sampled", cfg.rollout.n_samples, 1.0)):
-        batch = pools["rollout"].generate(
-            prompts.ids,
-            prompts.texts,
+        batch = prompts.generate(
+            pools["rollout"],
+            list(range(len(prompts.ids))),
             n_samples=n,
             max_tokens=cfg.data.max_response_tokens,
             temperature=temp,

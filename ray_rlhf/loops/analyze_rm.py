@@ -102,13 +102,14 @@ def summarize(parts: dict[str, torch.Tensor], dataset: Any) -> dict[str, Any]:
     return out
 
 
-def _load(cfg: RLHFConfig, run_dir: Path) -> tuple[Any, str]:
-    """The validated pairs to analyze (`data.preferences_path`, else the toy's pref_test)."""
+def _load(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Any, str]:
+    """The validated pairs to analyze (`data.preferences_path`, else the toy's pref_test),
+    prompts rendered as the reward model's tokenizer renders them (`data.chat_template`)."""
     from ray_rlhf.data.preferences import load_preferences
     from ray_rlhf.loops.common import toyworld_files
 
     source = cfg.data.preferences_path or str(toyworld_files(cfg, run_dir)["pref_test"])
-    dataset = load_preferences(source)
+    dataset = load_preferences(source, tokenizer=tokenizer, chat_template=cfg.data.chat_template)
     if dataset.num_rows < 2:
         raise DataValidationError(source, f"{dataset.num_rows} pair: need at least 2 prompts")
     return dataset, source
@@ -132,7 +133,7 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     )  # validates the directory before the data work
     run_dir = prepare_run_dir(cfg)
     dump_config(cfg, run_dir / CONFIG_FILE)  # no preflight here
-    dataset, data_source = _load(cfg, run_dir)
+    dataset, data_source = _load(cfg, run_dir, source_model.tokenizer)
     parts = decompose_pairs(
         source_model,
         list(dataset["prompt"]),

@@ -29,11 +29,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray_rlhf.config import ConfigError, RLHFConfig
 from ray_rlhf.data.errors import DataValidationError
 from ray_rlhf.types import RolloutBatch
+
+if TYPE_CHECKING:
+    from ray_rlhf.distributed.ppo_trainer import PromptSet
 
 SHARD_DIR = "baseline_shards"
 FAILED_FILE = "baselines_failed.jsonl"
@@ -99,10 +102,8 @@ def read_shards(shard_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def baseline_prompts(
-    cfg: RLHFConfig, run_dir: Path, policy_dir: Path
-) -> tuple[list[str], list[str]]:
-    """(ids, texts) to sample: PPO's train prompts, then its eval prompts if configured.
+def baseline_prompts(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> PromptSet:
+    """The prompts to sample: PPO's train prompts, then its eval prompts if configured.
 
     Raises:
         ValueError: If an id appears in both sets with different texts.
@@ -112,19 +113,20 @@ def baseline_prompts(
 
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=cfg.model.trust_remote_code)
     train, held_out = load_prompt_sets(cfg, run_dir, tokenizer)
-    ids, texts = list(train.ids), list(train.texts)
-    if cfg.contrastive.include_eval_prompts:
-        known = dict(zip(ids, texts, strict=True))
-        for pid, text in zip(held_out.ids, held_out.texts, strict=True):
-            if pid not in known:
-                ids.append(pid)
-                texts.append(text)
-            elif known[pid] != text:
-                raise DataValidationError(
-                    cfg.data.eval_prompts_path or "eval prompts",
-                    f"prompt id {pid!r} names two prompts: {known[pid]!r}, {text!r}",
-                )
-    return ids, texts
+    if not cfg.contrastive.include_eval_prompts:
+        return train
+    known = dict(zip(train.ids, train.texts, strict=True))
+    rows = [list(train.ids), list(train.texts), list(train.user_texts)]
+    for pid, text, user in zip(held_out.ids, held_out.texts, held_out.user_texts, strict=True):
+        if pid not in known:
+            for column, value in zip(rows, (pid, text, user), strict=True):
+                column.append(value)
+        elif known[pid] != text:
+            raise DataValidationError(
+                cfg.data.eval_prompts_path or "eval prompts",
+                f"prompt id {pid!r} names two prompts: {known[pid]!r}, {text!r}",
+            )
+    return dataclasses.replace(train, ids=rows[0], texts=rows[1], user_texts=rows[2])
 
 
 def _single_row(batch: RolloutBatch, row: int) -> RolloutBatch:
@@ -135,6 +137,7 @@ def _single_row(batch: RolloutBatch, row: int) -> RolloutBatch:
         batch,
         prompt_ids=[batch.prompt_ids[g]],
         prompts=[batch.prompts[g]],
+        user_prompts=[batch.user_prompt_of_row(row)],
         responses=[batch.responses[row]],
         input_ids=batch.input_ids[sl],
         attention_mask=batch.attention_mask[sl],
@@ -249,7 +252,8 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
     out = Path(con.output_path) if con.output_path else run_dir / "baselines.parquet"
     shard_dir = run_dir / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
-    ids, texts = baseline_prompts(cfg, run_dir, policy_dir)
+    prompts = baseline_prompts(cfg, run_dir, policy_dir)
+    ids = prompts.ids
     done_rows = read_shards(shard_dir)
     done = {r["prompt_id"] for r in done_rows}
     todo = [i for i, pid in enumerate(ids) if pid not in done]
@@ -262,7 +266,7 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
         pools = start_pools(cfg, policy_dir, contrastive=False)
         try:
             pair = (pools["rollout"], pools["reward"])
-            done_rows += _sample(cfg, pair, ids, texts, todo, run_dir)
+            done_rows += _sample(cfg, pair, prompts, todo, run_dir)
         finally:
             for pool in pools.values():
                 pool.shutdown()
@@ -290,13 +294,12 @@ def contiguous_chunks(indices: Sequence[int], size: int) -> list[list[int]]:
 def _sample(
     cfg: RLHFConfig,
     pools: tuple[Any, Any],
-    ids: list[str],
-    texts: list[str],
+    prompts: PromptSet,
     todo: list[int],
     run_dir: Path,
 ) -> list[dict[str, Any]]:
     """Generates, scores and writes one shard per chunk of the prompts `todo` (indices
-    into `ids`). Sample j of prompt i uses seed base + i * k + j, so a resumed run uses
+    into `prompts`). Sample j of prompt i uses seed base + i * k + j, so a resumed run uses
     the same seeds as an uninterrupted one."""
     con, (rollout, reward) = cfg.contrastive, pools
     shard_dir = run_dir / SHARD_DIR
@@ -306,9 +309,9 @@ def _sample(
     chunks = contiguous_chunks(todo, con.chunk_prompts)
     for n_new, chunk in enumerate(chunks, start=1):
         t0 = time.perf_counter()
-        batch = rollout.generate(
-            [ids[i] for i in chunk],
-            [texts[i] for i in chunk],
+        batch = prompts.generate(
+            rollout,
+            chunk,
             n_samples=con.k,
             max_tokens=cfg.data.max_response_tokens,
             temperature=con.temperature,

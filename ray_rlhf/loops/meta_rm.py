@@ -65,6 +65,7 @@ def _load_datasets(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Any,
             tokenizer=tokenizer,
             max_prompt_tokens=cfg.data.max_prompt_tokens,
             max_response_tokens=cfg.data.max_response_tokens,
+            chat_template=cfg.data.chat_template,
         )
 
     if cfg.data.preferences_path is None:

@@ -56,11 +56,15 @@ def load_prompt_sets(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Pr
 
     def load(source: str | Path) -> Any:
         return load_prompts(
-            str(source), tokenizer=tokenizer, max_prompt_tokens=data.max_prompt_tokens
+            str(source),
+            tokenizer=tokenizer,
+            max_prompt_tokens=data.max_prompt_tokens,
+            chat_template=data.chat_template,
         )
 
     def prompt_set(ds: Any, toyworld: bool) -> PromptSet:
-        return PromptSet(list(ds["id"]), list(ds["prompt"]), toyworld=toyworld)
+        texts = (list(ds[name]) for name in ("id", "prompt", "user_prompt"))
+        return PromptSet(*texts, toyworld=toyworld)
 
     if data.prompts_path is None:
         toy = toyworld_files(cfg, run_dir)

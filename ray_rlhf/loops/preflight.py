@@ -69,6 +69,7 @@ def preflight(
     base = base_dir if base_dir is not None else prepare_base_model(cfg, run_dir)
     check_policy_dir(base, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)
+    logger.info("chat template: %s", chat_template_choice(cfg.data.chat_template, tokenizer, base))
     if "ppo" in stages:
         check_reward(cfg)
     texts = validate_data(cfg, run_dir, tokenizer, stages)
@@ -100,6 +101,30 @@ def preflight(
     check_resume_config(resolved, run_dir, only=DERIVED_KEYS)
     dump_config(resolved, run_dir / CONFIG_FILE)
     return resolved
+
+
+def chat_template_choice(mode: str, tokenizer: Any, model_dir: Path) -> str:
+    """What `data.chat_template` means for this tokenizer, as a log line.
+
+    Raises:
+        ConfigError: `always` with a tokenizer that has no chat template.
+    """
+    from ray_rlhf.config import ConfigError
+
+    has = tokenizer.chat_template is not None
+    if mode == "always" and not has:
+        raise ConfigError(
+            f"data.chat_template: 'always', but the tokenizer of {model_dir} has no chat "
+            "template; set data.chat_template=auto (or never) to use plain prompts as written"
+        )
+    if mode == "never" or not has:
+        why = "data.chat_template=never" if mode == "never" else "the tokenizer has none"
+        chat_rows = "; chat rows (message lists) still use the template" if has else ""
+        return f"plain-text prompts are used as written ({why}){chat_rows}"
+    return (
+        f"plain-text prompts are rendered with the tokenizer's chat template as one user "
+        f"message (data.chat_template={mode})"
+    )
 
 
 def check_reward(cfg: RLHFConfig) -> None:
@@ -147,10 +172,12 @@ def validate_data(
     return out
 
 
-def _limits(cfg: RLHFConfig) -> dict[str, int | None]:
+def _limits(cfg: RLHFConfig) -> dict[str, Any]:
+    """The loaders' keyword arguments that come from `data`: token limits, chat template."""
     return {
         "max_prompt_tokens": cfg.data.max_prompt_tokens,
         "max_response_tokens": cfg.data.max_response_tokens,
+        "chat_template": cfg.data.chat_template,
     }
 
 

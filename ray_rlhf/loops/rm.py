@@ -178,6 +178,7 @@ def load_rm_tensors(
             tokenizer=tokenizer,
             max_prompt_tokens=cfg.data.max_prompt_tokens,
             max_response_tokens=cfg.data.max_response_tokens,
+            chat_template=cfg.data.chat_template,
         )
 
     if cfg.data.preferences_path is None:

@@ -181,7 +181,8 @@ def rl_prompt_texts(cfg: RLHFConfig, run_dir: Path, reference_dir: Path) -> list
     source = cfg.data.prompts_path or str(toyworld_files(cfg, run_dir)["train_prompts"])
     tokenizer = load_tokenizer(reference_dir, trust_remote_code=cfg.model.trust_remote_code)
     return list(load_prompts(source, tokenizer=tokenizer,
-                             max_prompt_tokens=cfg.data.max_prompt_tokens)["prompt"])
+                             max_prompt_tokens=cfg.data.max_prompt_tokens,
+                             chat_template=cfg.data.chat_template)["prompt"])
 
 
 def pad_rows(examples: list[tuple[list[int], list[bool]]], pad_id: int) -> dict:

@@ -51,6 +51,7 @@ def load_sft_tensors(cfg: RLHFConfig, run_dir: Path, base_dir: Path) -> dict[str
         tokenizer=tokenizer,
         max_prompt_tokens=cfg.data.max_prompt_tokens,
         max_response_tokens=cfg.data.max_response_tokens,
+        chat_template=cfg.data.chat_template,
     )
     return tokenize_sft(
         dataset["prompt"], dataset["response"], tokenizer, max_sequence_tokens(cfg.data)

@@ -116,6 +116,7 @@ def _load_pairs(cfg: RLHFConfig, run_dir: Path, base_dir: Path) -> tuple[Any, st
         tokenizer=tokenizer,
         max_prompt_tokens=cfg.data.max_prompt_tokens,
         max_response_tokens=cfg.data.max_response_tokens,
+        chat_template=cfg.data.chat_template,
     )
     return dataset, source
 

@@ -30,6 +30,7 @@ def _tree(*overrides: str) -> dict:
         "model.path",
         "model.tiny.hidden_size",
         "data.prompts_path",
+        "data.chat_template",
         "data.toyworld.seed",
         "sft.steps",
         "sft.lr",
