@@ -118,6 +118,7 @@ def _load(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Any, str]:
 def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     """`ray-rlhf analyze-rm reward.model_path=DIR [data.preferences_path=FILE]`."""
     from ray_rlhf.config import dump_config
+    from ray_rlhf.logs import console_print
     from ray_rlhf.loops.common import CONFIG_FILE, mark_done, prepare_run_dir
     from ray_rlhf.models.checkpoint import save_json_atomic
     from ray_rlhf.reward.scorer import ModelSource
@@ -150,7 +151,7 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     for name, values in parts.items():
         table = table.add_column(name, values.tolist())
     table.to_parquet(str(run_dir / "analysis.parquet"))
-    print(format_summary(summary), flush=True)
+    console_print(format_summary(summary))
     mark_done(run_dir, summary)
     return summary
 

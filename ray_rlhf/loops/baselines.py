@@ -24,19 +24,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray_rlhf.config import ConfigError, RLHFConfig
 from ray_rlhf.data.errors import DataValidationError
+from ray_rlhf.progress import StageBar, StageProgress, metrics_postfix
 from ray_rlhf.types import RolloutBatch
 
 if TYPE_CHECKING:
     from ray_rlhf.distributed.ppo_trainer import PromptSet
+
+logger = logging.getLogger(__name__)
 
 SHARD_DIR = "baseline_shards"
 FAILED_FILE = "baselines_failed.jsonl"
@@ -158,7 +162,7 @@ def score_rows(reward_pool: Any, batch: RolloutBatch) -> tuple[list[float | None
     try:
         return [float(s) for s in reward_pool.score(batch).scores], []
     except (RayTaskError, ValueError) as exc:
-        print(f"[baselines] chunk scoring failed, scoring samples one by one: {exc}", flush=True)
+        logger.warning("baselines: chunk scoring failed, scoring samples one by one: %s", exc)
     scores: list[float | None] = []
     errors = []
     for row in range(batch.num_samples):
@@ -213,7 +217,7 @@ def _maybe_pause(control_path: Path, new_shards: int) -> None:
     if wanted() != new_shards:
         return
     control_path.with_name(control_path.name + ".paused").write_text(f"{new_shards}\n")
-    print(f"[baselines] paused after {new_shards} shard(s) ({control_path})", flush=True)
+    logger.info("baselines: paused after %d shard(s) (%s)", new_shards, control_path)
     while wanted() == new_shards:
         time.sleep(0.2)
 
@@ -257,10 +261,13 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
     done_rows = read_shards(shard_dir)
     done = {r["prompt_id"] for r in done_rows}
     todo = [i for i, pid in enumerate(ids) if pid not in done]
-    print(
-        f"[baselines] {len(ids)} prompts x {con.k} samples, {len(done)} already done "
-        f"({len(list(shard_dir.glob('shard-*.parquet')))} shards), {len(todo)} to sample",
-        flush=True,
+    logger.info(
+        "baselines: %d prompts x %d samples, %d already done (%d shards), %d to sample",
+        len(ids),
+        con.k,
+        len(done),
+        len(list(shard_dir.glob("shard-*.parquet"))),
+        len(todo),
     )
     if todo:
         pools = start_pools(cfg, policy_dir, contrastive=False)
@@ -272,10 +279,13 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
                 pool.shutdown()
     failed = merge_shards(done_rows, ids, out, run_dir / FAILED_FILE)
     if failed:
-        print(
-            f"[baselines] {len(failed)} prompt(s) had no successful sample and are not in "
-            f"{out}: {failed[:10]} (details in {run_dir / FAILED_FILE})",
-            flush=True,
+        logger.warning(
+            "baselines: %d prompt(s) had no successful sample and are not in %s: %s "
+            "(details in %s)",
+            len(failed),
+            out,
+            failed[:10],
+            run_dir / FAILED_FILE,
         )
     return BaselinesResult(out, len(ids) - len(failed), failed, time.perf_counter() - start)
 
@@ -307,29 +317,35 @@ def _sample(
     next_shard = len(list(shard_dir.glob("shard-*.parquet")))
     rows: list[dict[str, Any]] = []
     chunks = contiguous_chunks(todo, con.chunk_prompts)
-    for n_new, chunk in enumerate(chunks, start=1):
-        t0 = time.perf_counter()
-        batch = prompts.generate(
-            rollout,
-            chunk,
-            n_samples=con.k,
-            max_tokens=cfg.data.max_response_tokens,
-            temperature=con.temperature,
-            top_p=con.top_p,
-            seed=base_seed + chunk[0] * con.k,  # row r of the chunk: + r
-        )
-        scores, errors = score_rows(reward, batch)
-        new = chunk_rows(batch, scores, errors, cfg)
-        write_parquet_atomic(new, shard_dir / f"shard-{next_shard:05d}.parquet", shard_features())
-        next_shard += 1
-        rows += new
-        print(
-            f"[baselines] shard {next_shard - 1}: {len(chunk)} prompts, chunk {n_new}/"
-            f"{len(chunks)}, {time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
-        _maybe_pause(run_dir / "control.yaml", n_new)
+    with StageBar(StageProgress("baselines", len(chunks), "chunk", _postfix)) as bar:
+        for n_new, chunk in enumerate(chunks, start=1):
+            t0 = time.perf_counter()
+            batch = prompts.generate(
+                rollout,
+                chunk,
+                n_samples=con.k,
+                max_tokens=cfg.data.max_response_tokens,
+                temperature=con.temperature,
+                top_p=con.top_p,
+                seed=base_seed + chunk[0] * con.k,  # row r of the chunk: + r
+            )
+            scores, errors = score_rows(reward, batch)
+            new = chunk_rows(batch, scores, errors, cfg)
+            shard = shard_dir / f"shard-{next_shard:05d}.parquet"
+            write_parquet_atomic(new, shard, shard_features())
+            next_shard += 1
+            rows += new
+            seconds = time.perf_counter() - t0
+            logger.debug("baselines: %s: %d prompts, %.1f s", shard.name, len(chunk), seconds)
+            bar.show(n_new, {"shard/prompts": len(chunk), "shard/seconds": seconds})
+            _maybe_pause(run_dir / "control.yaml", n_new)
     return rows
+
+
+def _postfix(row: Mapping[str, Any]) -> str:
+    """The baselines bar's note on the newest shard."""
+    fields = [("prompts", "shard/prompts", "d"), ("in", "shard/seconds", ".1f")]
+    return metrics_postfix(row, fields) + " s"
 
 
 def run_job(cfg: RLHFConfig) -> BaselinesResult:
@@ -350,10 +366,12 @@ def run_job(cfg: RLHFConfig) -> BaselinesResult:
         result = run(cfg, run_dir, Path(policy_dir))
     finally:
         shutdown_ray(started)
-    print(
-        f"[baselines] {result.num_prompts} prompts written to {result.path} "
-        f"({len(result.failed)} failed, {result.seconds:.0f} s)",
-        flush=True,
+    logger.info(
+        "baselines: %d prompts written to %s (%d failed, %.0f s)",
+        result.num_prompts,
+        result.path,
+        len(result.failed),
+        result.seconds,
     )
     summary = {
         "baselines_path": str(result.path),
