@@ -95,9 +95,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `--config` and `--verbose` may come between the overrides.
+
+    Usage errors (an unknown command or flag) exit with argparse's message and code 2.
+    """
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    flags = [arg for arg in rest if arg.startswith("-")]
+    if flags:
+        parser.error(f"unrecognized arguments: {' '.join(flags)}")
+    args.overrides += rest
+    return args
+
+
 def parse_config(argv: list[str] | None = None) -> tuple[str, RLHFConfig]:
     """Parse the command line into (command, validated config)."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     return args.command, _config(args)
 
 
@@ -114,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     code 2 (`ray_rlhf.logs.report_user_error`). While the driver's output goes to that log
     (no `--verbose`), any other error is reported the same way with exit code 1.
     """
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)  # usage errors exit 2
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     prog = f"ray-rlhf {args.command}"
     with console_session(verbose=args.verbose):
         try:

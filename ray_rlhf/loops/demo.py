@@ -113,10 +113,10 @@ def _eval_postfix(row: Row) -> str:
 def _written(run_dir: Path) -> str:
     """Where the demo's outputs are, for the console."""
     return (
-        f"\nWritten to {run_dir}/: report.md, curves.png, eval.json, config.yaml; policy/ "
-        "(SFT) and ppo_policy/ (PPO), HF dirs; sft/ and ppo/ (metrics.jsonl, TensorBoard);\n"
-        "logs/ (driver.log: this process, incl. vLLM and transformers; ray/: Ray Train "
-        "workers, rollout and reward actors)."
+        f"\nWritten to {run_dir}/: report.md, curves.png, eval.json, config.yaml,\n"
+        "  policy/ (SFT) and ppo_policy/ (PPO) HF dirs, sft/ and ppo/ (metrics.jsonl, "
+        "TensorBoard),\n  logs/ (driver.log: this process, with vLLM and transformers; ray/: "
+        "Ray Train workers, rollout and reward actors)."
     )
 
 

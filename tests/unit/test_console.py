@@ -158,11 +158,15 @@ def test_workers_reach_the_console_only_when_asked():
         assert logs.shows_infrastructure_logs()
 
 
-def test_verbose_flag_on_every_command():
+def test_verbose_flag_on_every_command_anywhere_among_the_overrides():
     for command in ("demo", "sft", "ppo", "train-rm"):
-        args = cli._parser().parse_args([command, "--verbose", "sft.steps=3"])
+        args = cli.parse_args([command, "--verbose", "sft.steps=3"])
         assert args.verbose and args.overrides == ["sft.steps=3"]
-    assert not cli._parser().parse_args(["demo"]).verbose
+    args = cli.parse_args(["demo", "a.b=1", "-v", "c.d=2"])
+    assert args.verbose and args.overrides == ["a.b=1", "c.d=2"]
+    assert not cli.parse_args(["demo"]).verbose
+    with pytest.raises(SystemExit):
+        cli.parse_args(["demo", "--no-such-flag"])
 
 
 def test_an_unexpected_error_is_named_with_its_log(tmp_path, capsys):
