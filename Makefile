@@ -11,14 +11,14 @@ demo: setup
 	@$(ENV) .venv/bin/ray-rlhf demo $(ARGS)
 
 test: setup
-	@$(ENV) .venv/bin/ruff check ray_rlhf tests jobs benchmarks experiments && \
+	@$(ENV) .venv/bin/ruff check ray_rlhf tests jobs benchmarks experiments examples && \
 	  .venv/bin/python -m pytest -q $(ARGS)
 
 unit: setup
 	@$(ENV) .venv/bin/python -m pytest -q tests/unit $(ARGS)
 
 lint: setup
-	@$(ENV) .venv/bin/ruff check ray_rlhf tests jobs benchmarks experiments
+	@$(ENV) .venv/bin/ruff check ray_rlhf tests jobs benchmarks experiments examples
 
 clean-cache:
 	rm -rf .cache

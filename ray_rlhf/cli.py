@@ -1,4 +1,9 @@
-"""`ray-rlhf <command> [--config FILE] [section.key=value ...]`."""
+"""`ray-rlhf <command> [--config FILE] [--verbose] [section.key=value ...]`.
+
+The console shows a header, one progress bar per stage and the results; Ray, vLLM,
+DeepSpeed and transformers logs go to `runs/<name>/logs/` (`--verbose` keeps them on the
+console too; `ray_rlhf.logs`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from dataclasses import dataclass
 
 from ray_rlhf.config import RLHFConfig, load_config, to_dict
 from ray_rlhf.errors import UserError
-from ray_rlhf.logs import log_to_console, report_user_error
+from ray_rlhf.logs import captures_output, console_session, report_failure, report_user_error
 
 
 @dataclass(frozen=True)
@@ -79,15 +84,40 @@ def _parser() -> argparse.ArgumentParser:
     for name, command in _COMMANDS.items():
         p = sub.add_parser(name, help=command.help)
         p.add_argument("--config", help="YAML config file (sections of RLHFConfig)")
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="also show Ray, vLLM, DeepSpeed and transformers logs on the console "
+            "(they always go to runs/<name>/logs/)",
+        )
         p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `--config` and `--verbose` may come between the overrides.
+
+    Usage errors (an unknown command or flag) exit with argparse's message and code 2.
+    """
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    flags = [arg for arg in rest if arg.startswith("-")]
+    if flags:
+        parser.error(f"unrecognized arguments: {' '.join(flags)}")
+    args.overrides += rest
+    return args
+
+
 def parse_config(argv: list[str] | None = None) -> tuple[str, RLHFConfig]:
     """Parse the command line into (command, validated config)."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
+    return args.command, _config(args)
+
+
+def _config(args: argparse.Namespace) -> RLHFConfig:
     defaults = _COMMANDS[args.command].defaults
-    return args.command, load_config(args.config, args.overrides, defaults=defaults)
+    return load_config(args.config, args.overrides, defaults=defaults)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,22 +125,27 @@ def main(argv: list[str] | None = None) -> int:
 
     A `UserError` (bad config, data, model dir, reward rule or run dir) ends the command
     with one paragraph on stderr, its traceback in the run's `logs/driver.log`, and exit
-    code 2 (`ray_rlhf.logs.report_user_error`).
+    code 2 (`ray_rlhf.logs.report_user_error`). While the driver's output goes to that log
+    (no `--verbose`), any other error is reported the same way with exit code 1.
     """
-    log_to_console()
-    argv = sys.argv[1:] if argv is None else argv
-    prog = f"ray-rlhf {argv[0]}" if argv and argv[0] in _COMMANDS else "ray-rlhf"
-    try:
-        command, cfg = parse_config(argv)
-        if command == "config":
-            import yaml
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    prog = f"ray-rlhf {args.command}"
+    with console_session(verbose=args.verbose):
+        try:
+            cfg = _config(args)
+            if args.command == "config":
+                import yaml
 
-            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-            return 0
-        loop = importlib.import_module(f"ray_rlhf.loops.{_COMMANDS[command].loop}")
-        loop.run_job(cfg)  # imported here: `ray-rlhf config` and --help stay fast
-    except UserError as error:
-        return report_user_error(error, prog)
+                print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+                return 0
+            loop = importlib.import_module(f"ray_rlhf.loops.{_COMMANDS[args.command].loop}")
+            loop.run_job(cfg)  # imported here: `ray-rlhf config` and --help stay fast
+        except UserError as error:
+            return report_user_error(error, prog)
+        except (Exception, KeyboardInterrupt) as error:
+            if not captures_output():
+                raise
+            return report_failure(error, prog)
     return 0
 
 

@@ -90,6 +90,12 @@ class DataConfig:
     """Generation length limit; longer SFT / preference responses are a data error. None:
     256, or the longest SFT / preference response if longer (the toy world: 16), capped by
     the model's `max_position_embeddings` minus the prompt limit."""
+    chat_template: Literal["auto", "always", "never"] = "auto"
+    """Render plain-text prompts (SFT, preference and PPO rows whose prompt is text) with the
+    tokenizer's chat template, as one user message plus the generation prompt: `auto` when
+    the tokenizer has a template, `always` (a tokenizer without one is an error), `never`.
+    Chat rows (message lists) always use the template. Rule rewards get the text as
+    written (`ray_rlhf.reward.rules`)."""
     toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     """The built-in toy world (used wherever a path above is None)."""
 
@@ -344,6 +350,10 @@ class RunConfig:
     """Seed of data order, sampling and initialization."""
     overwrite: bool = False
     """Allow writing into an existing run directory that holds a finished run."""
+    allow_config_change: bool = False
+    """Resume an unfinished run dir even though its stored `config.yaml` differs from this
+    config in a key that changes the result (model, data, algorithm, sizes, seeds;
+    `ray_rlhf.config_diff`). Off: such a rerun is refused, naming the keys."""
 
     @property
     def run_dir(self) -> Path:

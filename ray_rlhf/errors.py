@@ -31,8 +31,9 @@ class RewardError(UserError, ValueError):
     kind = "reward error"
     hint = (
         "reward.rule names 'package.module:function' or 'path/to/file.py:function'; it is "
-        "called as f(prompt, response) (with two lists when f.batched = True) and must return "
-        "a finite number for every response."
+        "called as f(prompt, response) (with two lists when f.batched = True; plus "
+        "rendered_prompt= if it takes that keyword) and must return a finite number for every "
+        "response (examples/custom_reward/)."
     )
 
 

@@ -28,6 +28,9 @@ class RolloutBatch:
         finished: (N,) bool, True when the response ended with EOS.
         n_samples: samples per prompt.
         policy_version: weights version the samples came from.
+        user_prompts: (P,) the prompts as the user wrote them (a plain row's text, a chat
+            row's last user message), which rule rewards receive; None when `prompts` are
+            those texts (no chat template rendered them).
     """
 
     prompt_ids: list[str]
@@ -40,6 +43,7 @@ class RolloutBatch:
     finished: torch.Tensor
     n_samples: int
     policy_version: int = 0
+    user_prompts: list[str] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -47,8 +51,13 @@ class RolloutBatch:
         return self.input_ids.shape[0]
 
     def prompt_of_row(self, row: int) -> str:
-        """Prompt text of row `row`."""
+        """Prompt text of row `row` (as the model read it)."""
         return self.prompts[row // self.n_samples]
+
+    def user_prompt_of_row(self, row: int) -> str:
+        """Prompt of row `row` as the user wrote it (`user_prompts`, else `prompts`)."""
+        prompts = self.prompts if self.user_prompts is None else self.user_prompts
+        return prompts[row // self.n_samples]
 
     def response_lengths(self) -> torch.Tensor:
         """(N,) response tokens per row."""
@@ -85,6 +94,7 @@ def select_rollout_groups(batch: RolloutBatch, first: int, last: int) -> Rollout
         batch,
         prompt_ids=batch.prompt_ids[first:last],
         prompts=batch.prompts[first:last],
+        user_prompts=None if batch.user_prompts is None else batch.user_prompts[first:last],
         responses=batch.responses[lo:hi],
         input_ids=batch.input_ids[lo:hi],
         attention_mask=batch.attention_mask[lo:hi],

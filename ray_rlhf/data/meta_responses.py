@@ -3,7 +3,9 @@
 One row per prompt: `prompt` (text, or a conversation rendered with the chat template) and
 `responses`, a list of at least k response texts. The offline baselines job (`ray-rlhf
 sample-baselines`, columns `prompt_id`, `prompt`, `responses`, ...) writes this layout, so
-its output can be used as is: it holds samples of the policy it was run with.
+its output can be used as is: it holds samples of the policy it was run with. Its prompts
+are the text the policy read (already chat-templated), so text prompts here are used as
+written whatever `data.chat_template` says.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def load_meta_responses(
     consumed = [prompt_key, responses_key, id_key]
     check_no_clash(src, consumed=consumed, outputs=["id", "prompt", "responses"])
     problems = src.collector()
-    prompts = read_prompts(src, prompt_key, tokenizer, problems)
+    prompts = read_prompts(src, prompt_key, tokenizer, problems, chat_template="never")
     responses = _read_responses(src.dataset[responses_key], k, responses_key, problems)
     check_token_lengths(tokenizer, prompts, max_prompt_tokens, prompt_key, problems)
     for j in range(k):

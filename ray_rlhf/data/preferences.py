@@ -8,6 +8,7 @@ import datasets
 
 from ray_rlhf.data.errors import DataValidationError, ProblemCollector
 from ray_rlhf.data.prompts import (
+    ChatTemplateMode,
     build_output,
     check_limits_have_tokenizer,
     check_no_clash,
@@ -55,6 +56,7 @@ def load_preferences(
     chosen_key: str = "chosen",
     rejected_key: str = "rejected",
     id_key: str = "id",
+    chat_template: ChatTemplateMode = "auto",
 ) -> datasets.Dataset:
     """Loads and validates a preference dataset.
 
@@ -79,6 +81,8 @@ def load_preferences(
         rejected_key: Dispreferred response column.
         id_key: Column of row ids (str()-ed, unique); without it ids are generated from the
             prompt (see `ray_rlhf.data.prompts.generated_ids`).
+        chat_template: Render plain-text prompts with the chat template
+            (`ray_rlhf.data.prompts.uses_chat_template`).
 
     Returns:
         Columns `id`, `prompt`, `chosen`, `rejected` (str), then every other input column.
@@ -108,7 +112,7 @@ def load_preferences(
     if chat:
         pairs = _read_chat_pairs(src, keys, tokenizer, problems)
     else:
-        pairs = _read_plain_pairs(src, keys, tokenizer, problems)
+        pairs = _read_plain_pairs(src, keys, tokenizer, problems, chat_template)
     _check_distinct(pairs, rejected_key, chosen_key, problems)
     prompt_field = prompt_key if prompt_key in columns else chosen_key
     check_token_lengths(tokenizer, pairs.prompts, max_prompt_tokens, prompt_field, problems)
@@ -133,9 +137,10 @@ def _read_plain_pairs(
     keys: tuple[str, str, str],
     tokenizer: PreTrainedTokenizerBase | None,
     problems: ProblemCollector,
+    chat_template: ChatTemplateMode,
 ) -> _Pairs:
     prompt_key, chosen_key, rejected_key = keys
-    prompts = read_prompts(src, prompt_key, tokenizer, problems)
+    prompts = read_prompts(src, prompt_key, tokenizer, problems, chat_template=chat_template)
     chosen = [
         text_or_none(value, row, chosen_key, problems)
         for row, value in enumerate(src.dataset[chosen_key])

@@ -3,6 +3,9 @@
 A prompt is either text (plain layout) or a conversation: a list of {"role", "content"}
 messages with roles system / user / assistant, rendered with the tokenizer's chat template
 and `add_generation_prompt=True`. A prompt conversation must end with a user message.
+Plain text is rendered too, as one user message, when `chat_template` says so
+(`data.chat_template`: `auto` when the tokenizer has a template, `always`, `never`), so a
+chat model sees the format it was tuned on whichever layout the file uses.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import datasets
 from jinja2 import TemplateError
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
 ROLES = ("system", "user", "assistant")
 """Message roles the loaders accept."""
 
+ChatTemplateMode = Literal["auto", "always", "never"]
+"""Whether plain-text prompts get the chat template (`DataConfig.chat_template`)."""
+
 _TOKENIZE_CHUNK = 1024
 
 
@@ -38,6 +44,7 @@ def load_prompts(
     prompt_key: str = "prompt",
     messages_key: str = "messages",
     id_key: str = "id",
+    chat_template: ChatTemplateMode = "auto",
 ) -> datasets.Dataset:
     """Loads and validates a prompt dataset.
 
@@ -55,10 +62,15 @@ def load_prompts(
         messages_key: Column of the chat layout.
         id_key: Column of row ids. Ids are str()-ed and must be unique. Without the column,
             ids are `generated_ids(prompts)`.
+        chat_template: Render plain-text prompts with the chat template (see
+            `uses_chat_template`).
 
     Returns:
-        Columns `id` (str), `prompt` (str), then every input column the layout did not
-        consume (e.g. `domain`), in input order.
+        Columns `id` (str), `prompt` (str: what the model reads, rendered where a chat
+        template applies), `user_prompt` (str: the prompt as the user wrote it, the text
+        of a plain row or the content of a conversation's last user message; rule rewards
+        receive it), then every input column the layout did not consume (e.g. `domain`),
+        in input order.
 
     Raises:
         DataValidationError: Naming file, row and field: missing column, empty / non-string
@@ -78,13 +90,18 @@ def load_prompts(
             [prompt_key],
             f"plain (column {prompt_key!r}) or chat (column {messages_key!r}: message lists)",
         )
-    check_no_clash(src, consumed=[prompt_column, id_key], outputs=["id", "prompt"])
+    outputs = ["id", "prompt", "user_prompt"]
+    check_no_clash(src, consumed=[prompt_column, id_key], outputs=outputs)
     problems = src.collector()
-    prompts = read_prompts(src, prompt_column, tokenizer, problems, chat=chat)
+    prompts = read_prompts(
+        src, prompt_column, tokenizer, problems, chat=chat, chat_template=chat_template
+    )
     check_token_lengths(tokenizer, prompts, max_prompt_tokens, prompt_column, problems)
     ids = read_ids(src, id_key, prompts, problems)
     problems.raise_if_any()
-    return build_output(src, {"id": ids, "prompt": prompts}, consumed=[prompt_column, id_key])
+    users = [user_prompt_text(value) for value in src.dataset[prompt_column]]
+    columns = dict(zip(outputs, (ids, prompts, users), strict=True))
+    return build_output(src, columns, consumed=[prompt_column, id_key])
 
 
 def check_limits_have_tokenizer(
@@ -130,6 +147,7 @@ def read_prompts(
     problems: ProblemCollector,
     *,
     chat: bool | None = None,
+    chat_template: ChatTemplateMode = "auto",
 ) -> list[str | None]:
     """Reads a prompt column as text, or renders it as conversations.
 
@@ -140,18 +158,30 @@ def read_prompts(
         problems: Receives one problem per bad row.
         chat: True for conversations, False for text, None to decide from the first
             non-null value (a list means conversations).
+        chat_template: Whether text is rendered as one user message with the chat
+            template (`uses_chat_template`); conversations always are.
 
     Returns:
         One prompt per row; None where the row has a problem.
 
     Raises:
-        DataValidationError: Conversations without a tokenizer that has a chat template.
+        DataValidationError: Conversations, or text under `chat_template="always"`,
+            without a tokenizer that has a chat template.
     """
     values = list(src.dataset[column])
     if chat is None:
         chat = holds_conversations(values)
     if not chat:
-        return [text_or_none(value, row, column, problems) for row, value in enumerate(values)]
+        texts = [text_or_none(value, row, column, problems) for row, value in enumerate(values)]
+        if chat_template == "always":
+            need = "holds text prompts and data.chat_template is 'always', which needs"
+            require_chat_template(src, tokenizer, column, need=need)
+        if not uses_chat_template(tokenizer, chat_template):
+            return texts
+        return [
+            render_prompt(tokenizer, user_turn(text), row, column, problems) if text else None
+            for row, text in enumerate(texts)
+        ]
     require_chat_template(src, tokenizer, column)
     prompts: list[str | None] = []
     for row, value in enumerate(values):
@@ -163,22 +193,51 @@ def read_prompts(
     return prompts
 
 
+def uses_chat_template(
+    tokenizer: PreTrainedTokenizerBase | None, mode: ChatTemplateMode
+) -> bool:
+    """Whether plain-text prompts are rendered with the chat template under `mode`:
+    `always`, or `auto` with a tokenizer that has a template (`never`: not)."""
+    has_template = tokenizer is not None and tokenizer.chat_template is not None
+    return mode == "always" or (mode == "auto" and has_template)
+
+
+def user_turn(text: str) -> list[dict[str, Any]]:
+    """A plain-text prompt as the conversation the chat template renders: one user message."""
+    return [{"role": "user", "content": text}]
+
+
+def user_prompt_text(value: object) -> str | None:
+    """The prompt as the user wrote it: text as is, a conversation's last user message
+    content; None for anything else (the loaders report those rows)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        for message in reversed(value):
+            if isinstance(message, Mapping) and message.get("role") == "user":
+                content = message.get("content")
+                return content if isinstance(content, str) else None
+    return None
+
+
 def holds_conversations(values: Sequence[Any]) -> bool:
     """Says whether the first non-null value is a list (a conversation)."""
     return isinstance(next((value for value in values if value is not None), None), list)
 
 
 def require_chat_template(
-    src: DataSource, tokenizer: PreTrainedTokenizerBase | None, column: str
+    src: DataSource,
+    tokenizer: PreTrainedTokenizerBase | None,
+    column: str,
+    *,
+    need: str = "holds conversations (chat layout), which need",
 ) -> None:
-    """Raises if conversations in `column` cannot be rendered for lack of a chat template."""
+    """Raises if `column` cannot be rendered for lack of a chat template; the message is
+    `<need> a tokenizer with a chat template; <what is missing>`."""
     if tokenizer is None or tokenizer.chat_template is None:
         what = "no tokenizer was given" if tokenizer is None else "the tokenizer has none"
         raise DataValidationError(
-            src.name,
-            f"holds conversations (chat layout), which need a tokenizer with a chat template; "
-            f"{what}",
-            field=column,
+            src.name, f"{need} a tokenizer with a chat template; {what}", field=column
         )
 
 

@@ -8,6 +8,7 @@ import datasets
 
 from ray_rlhf.data.errors import ProblemCollector
 from ray_rlhf.data.prompts import (
+    ChatTemplateMode,
     build_output,
     check_limits_have_tokenizer,
     check_no_clash,
@@ -40,6 +41,7 @@ def load_sft(
     response_key: str = "response",
     messages_key: str = "messages",
     id_key: str = "id",
+    chat_template: ChatTemplateMode = "auto",
 ) -> datasets.Dataset:
     """Loads and validates an SFT dataset.
 
@@ -64,6 +66,8 @@ def load_sft(
         messages_key: Conversation column of the chat layout.
         id_key: Column of row ids (str()-ed, unique); without it ids are generated from the
             prompt (see `ray_rlhf.data.prompts.generated_ids`).
+        chat_template: Render plain-text prompts with the chat template
+            (`ray_rlhf.data.prompts.uses_chat_template`).
 
     Returns:
         Columns `id`, `prompt`, `response` (str), then every other input column.
@@ -97,7 +101,7 @@ def load_sft(
     if messages_key in consumed:
         prompts, responses = _read_conversations(src, messages_key, tokenizer, problems)
     else:
-        prompts = read_prompts(src, prompt_key, tokenizer, problems)
+        prompts = read_prompts(src, prompt_key, tokenizer, problems, chat_template=chat_template)
         responses = [
             text_or_none(value, row, response_key, problems)
             for row, value in enumerate(src.dataset[response_key])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 HF_SUBDIR = "hf"
 STATE_FILE = "state.json"
@@ -106,5 +109,5 @@ def restore_step(learner: Any, tag: str) -> int:
     state = restore_latest(learner)
     if state is None:
         return 0
-    print(f"[{tag}] resumed from step {state['step']}", flush=True)
+    logger.info("%s: resumed from step %d", tag, state["step"])
     return int(state["step"])

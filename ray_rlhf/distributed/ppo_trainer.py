@@ -9,8 +9,9 @@ of iteration k replays exactly iteration k + 1.
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,11 @@ from ray_rlhf.distributed.checkpointing import (
 )
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
+from ray_rlhf.progress import Row, StageProgress, metrics_postfix
 from ray_rlhf.reward.segments import segment_batch_metrics
-from ray_rlhf.types import ScoredBatch, group_range, select_groups
+from ray_rlhf.types import RolloutBatch, ScoredBatch, group_range, select_groups
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,19 @@ class PromptSet:
 
     ids: list[str]
     texts: list[str]
+    """What the model reads (chat-templated where a template applies)."""
+    user_texts: list[str]
+    """The prompts as the user wrote them (what rule rewards receive)."""
     toyworld: bool
     """True when the toy world's ground truth can score these prompts."""
+
+    def generate(self, pool: Any, rows: list[int], **kwargs: Any) -> RolloutBatch:
+        """Samples the prompts `rows` with the rollout pool; the batch carries their user
+        texts too (`RolloutBatch.user_prompts`) when they differ from what the model read."""
+        texts = [self.texts[i] for i in rows]
+        batch = pool.generate([self.ids[i] for i in rows], texts, **kwargs)
+        users = [self.user_texts[i] for i in rows]
+        return batch if users == texts else replace(batch, user_prompts=users)
 
 
 def _broadcast(obj: Any) -> Any:
@@ -52,9 +67,9 @@ def _rollout_phase(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int):
     rollout, ppo = cfg.rollout, cfg.ppo
     idx = global_batch_indices(len(prompts.ids), ppo.prompts_per_iteration, it, cfg.run.seed)
     t0 = time.perf_counter()
-    batch = pools["rollout"].generate(
-        [prompts.ids[i] for i in idx],
-        [prompts.texts[i] for i in idx],
+    batch = prompts.generate(
+        pools["rollout"],
+        idx.tolist(),
         n_samples=rollout.n_samples,
         max_tokens=cfg.data.max_response_tokens,
         temperature=rollout.temperature,
@@ -104,9 +119,9 @@ def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet, learner: Any) ->
     """
     out: dict[str, float] = {}
     for mode, n, temp in (("greedy", 1, 0.0), ("sampled", cfg.rollout.n_samples, 1.0)):
-        batch = pools["rollout"].generate(
-            prompts.ids,
-            prompts.texts,
+        batch = prompts.generate(
+            pools["rollout"],
+            list(range(len(prompts.ids))),
             n_samples=n,
             max_tokens=cfg.data.max_response_tokens,
             temperature=temp,
@@ -133,13 +148,13 @@ def _apply_control(pools: dict, control_path: Path) -> dict[str, float]:
         try:
             wanted = (yaml.safe_load(control_path.read_text()) or {}).get("rollout_actors")
         except (yaml.YAMLError, AttributeError) as exc:
-            print(f"[ppo] ignoring unreadable {control_path}: {exc}", flush=True)
+            logger.warning("ppo: ignoring unreadable %s: %s", control_path, exc)
             wanted = None
         if isinstance(wanted, int) and wanted >= 1 and wanted != pool.size:
-            print(f"[ppo] resizing rollout pool {pool.size} -> {wanted}", flush=True)
+            logger.info("ppo: resizing rollout pool %d -> %d", pool.size, wanted)
             pool.resize(wanted)
         elif wanted is not None and not (isinstance(wanted, int) and wanted >= 1):
-            print(f"[ppo] {control_path}: rollout_actors must be an int >= 1", flush=True)
+            logger.warning("ppo: %s: rollout_actors must be an int >= 1", control_path)
     return {"rollout/actors": float(pool.size)}
 
 
@@ -190,7 +205,7 @@ def _restore(learner: Any) -> int:
     if state is None:
         return 0
     learner.set_kl_state(float(state["kl_coef"]))
-    print(f"[ppo] resumed after iteration {state['iteration']}", flush=True)
+    logger.info("ppo: resumed after iteration %d", state["iteration"])
     return int(state["iteration"])
 
 
@@ -255,8 +270,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
             }
             if done % cfg.ppo.eval_every == 0 or done == cfg.ppo.iterations:
                 metrics |= _evaluate(cfg, pools, eval_prompts, learner)
-            writer.log(done, metrics)
-            _print_progress(done, cfg.ppo.iterations, metrics)
+            writer.log(done, metrics)  # the driver's progress bar reads these rows
         final = done == cfg.ppo.iterations
         if final or done % cfg.ppo.checkpoint_every == 0:
             _save(learner, done, metrics, final=final)
@@ -266,16 +280,22 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
         writer.close()
 
 
-def _print_progress(done: int, total: int, m: dict[str, float]) -> None:
-    truth = f"  true {m['rollout/true_reward']:.3f}" if "rollout/true_reward" in m else ""
-    evals = f"  eval {m['eval/sampled/reward']:.3f}" if "eval/sampled/reward" in m else ""
-    print(
-        f"[ppo] iter {done}/{total}  reward {m['reward/mean']:.3f}{truth}{evals}  "
-        f"kl {m['train/kl']:.3f}  {m['timing/iteration']:.1f} s "
-        f"(gen {m['timing/generate']:.1f} score {m['timing/score']:.1f} "
-        f"train {m['timing/train']:.1f} sync {m['timing/sync']:.2f})",
-        flush=True,
-    )
+_POSTFIX = [
+    ("reward", "reward/mean", ".3f"),
+    ("true", "rollout/true_reward", ".3f"),
+    ("eval", "eval/sampled/reward", ".3f"),
+    ("kl", "train/kl", ".3f"),
+    ("| gen", "timing/generate", ".1f"),
+    ("score", "timing/score", ".1f"),
+    ("train", "timing/train", ".1f"),
+    ("sync", "timing/sync", ".2f"),
+]
+
+
+def _postfix(row: Row) -> str:
+    """The PPO bar's metrics: reward (toy truth, held-out eval when present), KL, and the
+    phase times of the iteration in seconds."""
+    return metrics_postfix(row, _POSTFIX) + (" s" if "timing/sync" in row else "")
 
 
 def run_ppo_trainer(
@@ -297,5 +317,8 @@ def run_ppo_trainer(
         "metrics_dir": str((run_dir / "ppo").resolve()),
         "control_path": str((run_dir / "control.yaml").resolve()),
     }
-    result = fit_learners(cfg, ppo_train_loop, loop_config, run_dir=run_dir, name="ppo")
+    progress = StageProgress("ppo", cfg.ppo.iterations, "iter", _postfix)
+    result = fit_learners(
+        cfg, ppo_train_loop, loop_config, run_dir=run_dir, name="ppo", progress=progress
+    )
     return copy_final_policy(result, run_dir / "ppo_policy")

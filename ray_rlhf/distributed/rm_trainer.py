@@ -27,6 +27,7 @@ from ray_rlhf.distributed.checkpointing import (
 )
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
+from ray_rlhf.progress import Row, StageProgress, metrics_postfix
 
 _EVAL_ROWS = 64
 """Pairs per evaluation forward (per rank)."""
@@ -158,8 +159,7 @@ def rm_train_loop(config: dict[str, Any]) -> None:
         if evaluate:
             metrics |= _evaluate(learner, held_out, rank, world)
         if writer is not None:
-            writer.log(done, metrics)
-            _print_progress(done, cfg.rm.steps, metrics)
+            writer.log(done, metrics)  # the driver's progress bar reads these rows
         every = cfg.rm.checkpoint_every
         save = final or (every > 0 and done % every == 0)
         meta = _metadata(cfg, config, metrics, done) if final else None
@@ -168,14 +168,10 @@ def rm_train_loop(config: dict[str, Any]) -> None:
         writer.close()
 
 
-def _print_progress(step: int, steps: int, metrics: dict[str, float]) -> None:
-    """One progress line on rank 0."""
-    held_out = f"  eval acc {metrics['eval/accuracy']:.3f}" if "eval/accuracy" in metrics else ""
-    print(
-        f"[rm] step {step}/{steps}  loss {metrics['rm/loss']:.4f}  "
-        f"acc {metrics['rm/accuracy']:.3f}{held_out}  {metrics['perf/steps_per_s']:.1f} steps/s",
-        flush=True,
-    )
+def _postfix(row: Row) -> str:
+    """The RM bar's metrics: training loss and accuracy, held-out accuracy when present."""
+    fields = [("loss", "rm/loss", ".3f"), ("acc", "rm/accuracy", ".3f")]
+    return metrics_postfix(row, [*fields, ("eval acc", "eval/accuracy", ".3f")])
 
 
 def run_rm_trainer(
@@ -210,5 +206,8 @@ def run_rm_trainer(
         "eval_pairs": int(eval["chosen_input_ids"].shape[0]),
         "metrics_dir": str((run_dir / "rm").resolve()),
     }
-    result = fit_learners(cfg, rm_train_loop, loop_config, run_dir=run_dir, name="rm")
+    progress = StageProgress("rm", cfg.rm.steps, "step", _postfix, stride=cfg.rm.log_every)
+    result = fit_learners(
+        cfg, rm_train_loop, loop_config, run_dir=run_dir, name="rm", progress=progress
+    )
     return copy_final_policy(result, run_dir / "reward_model")

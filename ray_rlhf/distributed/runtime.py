@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import shutil
+from pathlib import Path
 from typing import Any, Literal
 
 import ray
 
 from ray_rlhf.config import ResourcesConfig
+from ray_rlhf.logs import RAY_LOGS, driver_log, shows_infrastructure_logs
+
+logger = logging.getLogger(__name__)
 
 # Settings that must reach every process the project starts (see README "Environment").
 _PROPAGATED = (
@@ -38,9 +44,13 @@ def worker_env_vars() -> dict[str, str]:
     env = {k: os.environ[k] for k in _PROPAGATED if k in os.environ}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Ray Train also routes print() through its logger: progress lines would show twice.
+    # Ray Train also routes print() through its logger: a line would show twice.
     env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     return env
+
+
+_SESSION_LOGS: Path | None = None
+"""The logs dir of the embedded Ray session `init_ray` started, if any."""
 
 
 def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
@@ -50,37 +60,65 @@ def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
         min_cpus: logical CPUs the embedded cluster needs at least (see
             `ResourcesConfig.num_cpus`); ignored when joining a cluster.
 
+    Workers' stdout and stderr reach this process's console only when
+    `ray_rlhf.logs.shows_infrastructure_logs()` (`--verbose`, or outside the CLI); they are
+    always in the Ray session's log files, whose place the run's `driver.log` records.
+
     Returns:
-        True when this call started Ray (the caller then owns `ray.shutdown()`).
+        True when this call started Ray (the caller then owns `shutdown_ray(True)`).
     """
+    global _SESSION_LOGS
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {
         "runtime_env": {"env_vars": worker_env_vars()},
         "logging_level": "WARNING",
-        "log_to_driver": True,
+        "log_to_driver": shows_infrastructure_logs(),
     }
     address = resources.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **kwargs)
+        context = ray.init(address=address, **kwargs)
+        where = f"joined the cluster at {address}"
     else:
         # Ray 2.60 turns token auth on for local clusters and would otherwise write a token
         # to ~/.ray; a per-process token keeps it in memory (inherited by the raylet).
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
         temp_dir = os.environ.get("RAY_RLHF_RAY_TMP")
-        ray.init(
+        context = ray.init(
             num_cpus=resources.num_cpus or max(os.cpu_count() or 1, min_cpus),
             include_dashboard=False,
             _temp_dir=temp_dir,
             **kwargs,
         )
+        where = "started an embedded cluster"
+    cpus = ray.cluster_resources().get("CPU", 0)
+    logger.info("Ray: %s with %g CPUs", where, cpus)
+    session_logs = Path(context.address_info["session_dir"]) / "logs"
+    logger.debug("Ray session logs (every worker's stdout / stderr): %s", session_logs)
+    # An embedded cluster's logs are copied into the run dir when it shuts down.
+    _SESSION_LOGS = None if address else session_logs
     return True
 
 
 def shutdown_ray(started: bool) -> None:
-    """Shut Ray down if `init_ray` started it (never a cluster we merely joined)."""
-    if started:
-        ray.shutdown()
+    """Shut Ray down if `init_ray` started it (never a cluster we merely joined).
+
+    An embedded cluster's session logs (Ray Train workers, vLLM rollout actors, reward
+    actors: their stdout and stderr) are then copied to the run's `logs/ray/`.
+    """
+    global _SESSION_LOGS
+    if not started:
+        return
+    ray.shutdown()
+    log, source, _SESSION_LOGS = driver_log(), _SESSION_LOGS, None
+    if log is None or source is None or not source.is_dir():
+        return
+    target = log.parent.parent / RAY_LOGS
+    try:
+        shutil.copytree(source, target, dirs_exist_ok=True, ignore_dangling_symlinks=True)
+    except (OSError, shutil.Error) as err:  # partial copies are still useful
+        logger.warning("could not copy all Ray session logs from %s: %s", source, err)
+    logger.debug("Ray session logs copied to %s", target)
 
 
 CustomResourceMode = Literal["auto", "always", "never"]

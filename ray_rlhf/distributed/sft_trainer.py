@@ -24,6 +24,7 @@ from ray_rlhf.distributed.checkpointing import (
 )
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
+from ray_rlhf.progress import Row, StageProgress, metrics_postfix
 
 
 def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -75,12 +76,7 @@ def sft_train_loop(config: dict[str, Any]) -> None:
         metrics["train/step"] = done
         window = []
         if writer is not None:
-            writer.log(done, metrics)
-            print(
-                f"[sft] step {done}/{cfg.sft.steps}  loss {metrics['train/loss']:.4f}  "
-                f"lr {metrics['train/lr']:.2e}  {metrics['perf/steps_per_s']:.1f} steps/s",
-                flush=True,
-            )
+            writer.log(done, metrics)  # the driver's progress bar reads these rows
         every, final = cfg.sft.checkpoint_every, done == cfg.sft.steps
         save = final or (every > 0 and done % every == 0)
         _report(learner, metrics, done, save=save, final=final)
@@ -106,5 +102,14 @@ def run_sft_trainer(
         "data_ref": ray.put(data),
         "metrics_dir": str((run_dir / "sft").resolve()),
     }
-    result = fit_learners(cfg, sft_train_loop, loop_config, run_dir=run_dir, name="sft")
+    progress = StageProgress("sft", cfg.sft.steps, "step", _postfix, stride=cfg.sft.log_every)
+    result = fit_learners(
+        cfg, sft_train_loop, loop_config, run_dir=run_dir, name="sft", progress=progress
+    )
     return copy_final_policy(result, run_dir / "policy")
+
+
+def _postfix(row: Row) -> str:
+    """The SFT bar's metrics."""
+    fields = [("loss", "train/loss", ".3f"), ("lr", "train/lr", ".1e")]
+    return metrics_postfix(row, fields)

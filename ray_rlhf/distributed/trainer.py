@@ -27,6 +27,8 @@ from ray.train.torch import TorchTrainer
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.distributed.runtime import LEARNER_RESOURCE, custom_resource
 from ray_rlhf.errors import UserError
+from ray_rlhf.logs import log_to_stdout
+from ray_rlhf.progress import StageProgress, follow_metrics
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_INTERVAL_S = "0.1"
@@ -40,13 +42,16 @@ def fit_learners(
     *,
     run_dir: Path,
     name: str,
+    progress: StageProgress | None = None,
 ) -> Any:
     """Run `loop` on `learner.num_workers` Ray Train workers and return the `Result`.
 
     Checkpoints go to `run_dir/ray_train/<name>`; a rerun with the same run dir and name
     resumes from the latest one (Ray Train restores it into `ray.train.get_checkpoint()`),
     and up to `learner.max_failures` worker-group failures restart from it. Paths inside
-    `loop_config` must be absolute: workers run in their own working directory.
+    `loop_config` must be absolute: workers run in their own working directory. With
+    `progress`, the driver draws the stage's bar from the rows rank 0 writes to
+    `loop_config["metrics_dir"]` (`ray_rlhf.progress.follow_metrics`).
 
     Raises:
         WorkerUserError: A worker raised a `UserError`; the run stopped without a retry.
@@ -78,7 +83,8 @@ def fit_learners(
         ),
     )
     try:
-        return trainer.fit()
+        with follow_metrics(progress, Path(loop_config["metrics_dir"])):
+            return trainer.fit()
     except ray.train.TrainingFailedError as err:
         if not record.is_file():
             raise
@@ -158,7 +164,9 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
 
 def setup_worker(cfg: RLHFConfig) -> tuple[int, int]:
     """Start of every learner loop: thread count = the CPUs the worker requested (docs/cpu_stack.md
-    "Threads"), seeded torch; returns (rank, world size)."""
+    "Threads"), seeded torch, `ray_rlhf` log lines to the worker's stdout; returns (rank,
+    world size)."""
+    log_to_stdout()
     torch.set_num_threads(cfg.learner.cpus_per_worker)
     torch.manual_seed(cfg.run.seed)
     ctx = ray.train.get_context()

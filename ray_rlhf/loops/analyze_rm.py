@@ -102,13 +102,14 @@ def summarize(parts: dict[str, torch.Tensor], dataset: Any) -> dict[str, Any]:
     return out
 
 
-def _load(cfg: RLHFConfig, run_dir: Path) -> tuple[Any, str]:
-    """The validated pairs to analyze (`data.preferences_path`, else the toy's pref_test)."""
+def _load(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Any, str]:
+    """The validated pairs to analyze (`data.preferences_path`, else the toy's pref_test),
+    prompts rendered as the reward model's tokenizer renders them (`data.chat_template`)."""
     from ray_rlhf.data.preferences import load_preferences
     from ray_rlhf.loops.common import toyworld_files
 
     source = cfg.data.preferences_path or str(toyworld_files(cfg, run_dir)["pref_test"])
-    dataset = load_preferences(source)
+    dataset = load_preferences(source, tokenizer=tokenizer, chat_template=cfg.data.chat_template)
     if dataset.num_rows < 2:
         raise DataValidationError(source, f"{dataset.num_rows} pair: need at least 2 prompts")
     return dataset, source
@@ -116,7 +117,9 @@ def _load(cfg: RLHFConfig, run_dir: Path) -> tuple[Any, str]:
 
 def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     """`ray-rlhf analyze-rm reward.model_path=DIR [data.preferences_path=FILE]`."""
-    from ray_rlhf.loops.common import mark_done, prepare_run_dir
+    from ray_rlhf.config import dump_config
+    from ray_rlhf.logs import console_print
+    from ray_rlhf.loops.common import CONFIG_FILE, mark_done, prepare_run_dir
     from ray_rlhf.models.checkpoint import save_json_atomic
     from ray_rlhf.reward.scorer import ModelSource
 
@@ -130,7 +133,8 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
         threads=torch.get_num_threads(),
     )  # validates the directory before the data work
     run_dir = prepare_run_dir(cfg)
-    dataset, data_source = _load(cfg, run_dir)
+    dump_config(cfg, run_dir / CONFIG_FILE)  # no preflight here
+    dataset, data_source = _load(cfg, run_dir, source_model.tokenizer)
     parts = decompose_pairs(
         source_model,
         list(dataset["prompt"]),
@@ -147,7 +151,7 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     for name, values in parts.items():
         table = table.add_column(name, values.tolist())
     table.to_parquet(str(run_dir / "analysis.parquet"))
-    print(format_summary(summary), flush=True)
+    console_print(format_summary(summary))
     mark_done(run_dir, summary)
     return summary
 

@@ -24,16 +24,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray_rlhf.config import ConfigError, RLHFConfig
 from ray_rlhf.data.errors import DataValidationError
+from ray_rlhf.progress import StageBar, StageProgress, metrics_postfix
 from ray_rlhf.types import RolloutBatch
+
+if TYPE_CHECKING:
+    from ray_rlhf.distributed.ppo_trainer import PromptSet
+
+logger = logging.getLogger(__name__)
 
 SHARD_DIR = "baseline_shards"
 FAILED_FILE = "baselines_failed.jsonl"
@@ -99,10 +106,8 @@ def read_shards(shard_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def baseline_prompts(
-    cfg: RLHFConfig, run_dir: Path, policy_dir: Path
-) -> tuple[list[str], list[str]]:
-    """(ids, texts) to sample: PPO's train prompts, then its eval prompts if configured.
+def baseline_prompts(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> PromptSet:
+    """The prompts to sample: PPO's train prompts, then its eval prompts if configured.
 
     Raises:
         ValueError: If an id appears in both sets with different texts.
@@ -112,19 +117,20 @@ def baseline_prompts(
 
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=cfg.model.trust_remote_code)
     train, held_out = load_prompt_sets(cfg, run_dir, tokenizer)
-    ids, texts = list(train.ids), list(train.texts)
-    if cfg.contrastive.include_eval_prompts:
-        known = dict(zip(ids, texts, strict=True))
-        for pid, text in zip(held_out.ids, held_out.texts, strict=True):
-            if pid not in known:
-                ids.append(pid)
-                texts.append(text)
-            elif known[pid] != text:
-                raise DataValidationError(
-                    cfg.data.eval_prompts_path or "eval prompts",
-                    f"prompt id {pid!r} names two prompts: {known[pid]!r}, {text!r}",
-                )
-    return ids, texts
+    if not cfg.contrastive.include_eval_prompts:
+        return train
+    known = dict(zip(train.ids, train.texts, strict=True))
+    rows = [list(train.ids), list(train.texts), list(train.user_texts)]
+    for pid, text, user in zip(held_out.ids, held_out.texts, held_out.user_texts, strict=True):
+        if pid not in known:
+            for column, value in zip(rows, (pid, text, user), strict=True):
+                column.append(value)
+        elif known[pid] != text:
+            raise DataValidationError(
+                cfg.data.eval_prompts_path or "eval prompts",
+                f"prompt id {pid!r} names two prompts: {known[pid]!r}, {text!r}",
+            )
+    return dataclasses.replace(train, ids=rows[0], texts=rows[1], user_texts=rows[2])
 
 
 def _single_row(batch: RolloutBatch, row: int) -> RolloutBatch:
@@ -135,6 +141,7 @@ def _single_row(batch: RolloutBatch, row: int) -> RolloutBatch:
         batch,
         prompt_ids=[batch.prompt_ids[g]],
         prompts=[batch.prompts[g]],
+        user_prompts=[batch.user_prompt_of_row(row)],
         responses=[batch.responses[row]],
         input_ids=batch.input_ids[sl],
         attention_mask=batch.attention_mask[sl],
@@ -155,7 +162,7 @@ def score_rows(reward_pool: Any, batch: RolloutBatch) -> tuple[list[float | None
     try:
         return [float(s) for s in reward_pool.score(batch).scores], []
     except (RayTaskError, ValueError) as exc:
-        print(f"[baselines] chunk scoring failed, scoring samples one by one: {exc}", flush=True)
+        logger.warning("baselines: chunk scoring failed, scoring samples one by one: %s", exc)
     scores: list[float | None] = []
     errors = []
     for row in range(batch.num_samples):
@@ -210,7 +217,7 @@ def _maybe_pause(control_path: Path, new_shards: int) -> None:
     if wanted() != new_shards:
         return
     control_path.with_name(control_path.name + ".paused").write_text(f"{new_shards}\n")
-    print(f"[baselines] paused after {new_shards} shard(s) ({control_path})", flush=True)
+    logger.info("baselines: paused after %d shard(s) (%s)", new_shards, control_path)
     while wanted() == new_shards:
         time.sleep(0.2)
 
@@ -249,29 +256,36 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
     out = Path(con.output_path) if con.output_path else run_dir / "baselines.parquet"
     shard_dir = run_dir / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
-    ids, texts = baseline_prompts(cfg, run_dir, policy_dir)
+    prompts = baseline_prompts(cfg, run_dir, policy_dir)
+    ids = prompts.ids
     done_rows = read_shards(shard_dir)
     done = {r["prompt_id"] for r in done_rows}
     todo = [i for i, pid in enumerate(ids) if pid not in done]
-    print(
-        f"[baselines] {len(ids)} prompts x {con.k} samples, {len(done)} already done "
-        f"({len(list(shard_dir.glob('shard-*.parquet')))} shards), {len(todo)} to sample",
-        flush=True,
+    logger.info(
+        "baselines: %d prompts x %d samples, %d already done (%d shards), %d to sample",
+        len(ids),
+        con.k,
+        len(done),
+        len(list(shard_dir.glob("shard-*.parquet"))),
+        len(todo),
     )
     if todo:
         pools = start_pools(cfg, policy_dir, contrastive=False)
         try:
             pair = (pools["rollout"], pools["reward"])
-            done_rows += _sample(cfg, pair, ids, texts, todo, run_dir)
+            done_rows += _sample(cfg, pair, prompts, todo, run_dir)
         finally:
             for pool in pools.values():
                 pool.shutdown()
     failed = merge_shards(done_rows, ids, out, run_dir / FAILED_FILE)
     if failed:
-        print(
-            f"[baselines] {len(failed)} prompt(s) had no successful sample and are not in "
-            f"{out}: {failed[:10]} (details in {run_dir / FAILED_FILE})",
-            flush=True,
+        logger.warning(
+            "baselines: %d prompt(s) had no successful sample and are not in %s: %s "
+            "(details in %s)",
+            len(failed),
+            out,
+            failed[:10],
+            run_dir / FAILED_FILE,
         )
     return BaselinesResult(out, len(ids) - len(failed), failed, time.perf_counter() - start)
 
@@ -290,13 +304,12 @@ def contiguous_chunks(indices: Sequence[int], size: int) -> list[list[int]]:
 def _sample(
     cfg: RLHFConfig,
     pools: tuple[Any, Any],
-    ids: list[str],
-    texts: list[str],
+    prompts: PromptSet,
     todo: list[int],
     run_dir: Path,
 ) -> list[dict[str, Any]]:
     """Generates, scores and writes one shard per chunk of the prompts `todo` (indices
-    into `ids`). Sample j of prompt i uses seed base + i * k + j, so a resumed run uses
+    into `prompts`). Sample j of prompt i uses seed base + i * k + j, so a resumed run uses
     the same seeds as an uninterrupted one."""
     con, (rollout, reward) = cfg.contrastive, pools
     shard_dir = run_dir / SHARD_DIR
@@ -304,29 +317,35 @@ def _sample(
     next_shard = len(list(shard_dir.glob("shard-*.parquet")))
     rows: list[dict[str, Any]] = []
     chunks = contiguous_chunks(todo, con.chunk_prompts)
-    for n_new, chunk in enumerate(chunks, start=1):
-        t0 = time.perf_counter()
-        batch = rollout.generate(
-            [ids[i] for i in chunk],
-            [texts[i] for i in chunk],
-            n_samples=con.k,
-            max_tokens=cfg.data.max_response_tokens,
-            temperature=con.temperature,
-            top_p=con.top_p,
-            seed=base_seed + chunk[0] * con.k,  # row r of the chunk: + r
-        )
-        scores, errors = score_rows(reward, batch)
-        new = chunk_rows(batch, scores, errors, cfg)
-        write_parquet_atomic(new, shard_dir / f"shard-{next_shard:05d}.parquet", shard_features())
-        next_shard += 1
-        rows += new
-        print(
-            f"[baselines] shard {next_shard - 1}: {len(chunk)} prompts, chunk {n_new}/"
-            f"{len(chunks)}, {time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
-        _maybe_pause(run_dir / "control.yaml", n_new)
+    with StageBar(StageProgress("baselines", len(chunks), "chunk", _postfix)) as bar:
+        for n_new, chunk in enumerate(chunks, start=1):
+            t0 = time.perf_counter()
+            batch = prompts.generate(
+                rollout,
+                chunk,
+                n_samples=con.k,
+                max_tokens=cfg.data.max_response_tokens,
+                temperature=con.temperature,
+                top_p=con.top_p,
+                seed=base_seed + chunk[0] * con.k,  # row r of the chunk: + r
+            )
+            scores, errors = score_rows(reward, batch)
+            new = chunk_rows(batch, scores, errors, cfg)
+            shard = shard_dir / f"shard-{next_shard:05d}.parquet"
+            write_parquet_atomic(new, shard, shard_features())
+            next_shard += 1
+            rows += new
+            seconds = time.perf_counter() - t0
+            logger.debug("baselines: %s: %d prompts, %.1f s", shard.name, len(chunk), seconds)
+            bar.show(n_new, {"shard/prompts": len(chunk), "shard/seconds": seconds})
+            _maybe_pause(run_dir / "control.yaml", n_new)
     return rows
+
+
+def _postfix(row: Mapping[str, Any]) -> str:
+    """The baselines bar's note on the newest shard."""
+    fields = [("prompts", "shard/prompts", "d"), ("in", "shard/seconds", ".1f")]
+    return metrics_postfix(row, fields) + " s"
 
 
 def run_job(cfg: RLHFConfig) -> BaselinesResult:
@@ -347,10 +366,12 @@ def run_job(cfg: RLHFConfig) -> BaselinesResult:
         result = run(cfg, run_dir, Path(policy_dir))
     finally:
         shutdown_ray(started)
-    print(
-        f"[baselines] {result.num_prompts} prompts written to {result.path} "
-        f"({len(result.failed)} failed, {result.seconds:.0f} s)",
-        flush=True,
+    logger.info(
+        "baselines: %d prompts written to %s (%d failed, %.0f s)",
+        result.num_prompts,
+        result.path,
+        len(result.failed),
+        result.seconds,
     )
     summary = {
         "baselines_path": str(result.path),

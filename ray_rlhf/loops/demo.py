@@ -3,7 +3,8 @@
 SFT of the tiny policy on the toy world's (deliberately noisy) SFT split, then PPO with the
 toy world's ground-truth rule reward (vLLM rollout actors, reward actors, DeepSpeed learners
 under Ray Train), then held-out evaluation of the initial, SFT and PPO policies with vLLM.
-Writes `report.md`, `curves.png`, `eval.json` into the run dir.
+Writes `report.md`, `curves.png`, `eval.json` into the run dir; the console gets the
+header, one progress bar per stage, the report's tables and where everything is.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import time
 from pathlib import Path
 
 from ray_rlhf.config import RLHFConfig, requested_cpus
+from ray_rlhf.logs import console_print
 from ray_rlhf.loops.common import mark_done, prepare_run_dir, toyworld_files
+from ray_rlhf.progress import Row, StageBar, StageProgress
 
 _SHOWN = ("true_reward", "exact_match", "style_rate")
 _CURVES = ["rollout/true_reward", "eval/sampled/true_reward", "train/kl", "timing/iteration"]
@@ -82,9 +85,11 @@ def run(cfg: RLHFConfig) -> dict[str, dict[str, float]]:
         "sft": sft_result.policy_dir,
         "ppo": ppo_result.policy_dir,
     }
-    evals = {
-        name: evaluate_policy(d, prompts, cfg, seed=cfg.run.seed) for name, d in policies.items()
-    }
+    evals: dict[str, dict[str, float]] = {}
+    with StageBar(StageProgress("eval", len(policies), "policy", _eval_postfix)) as bar:
+        for done, (name, policy_dir) in enumerate(policies.items(), start=1):
+            evals[name] = evaluate_policy(policy_dir, prompts, cfg, seed=cfg.run.seed)
+            bar.show(done, {"policy": name, **evals[name]})
     seconds = {
         "sft": sft_result.seconds,
         "ppo": ppo_result.seconds,
@@ -95,9 +100,24 @@ def run(cfg: RLHFConfig) -> dict[str, dict[str, float]]:
     report = format_report(evals, seconds) + _phase_split(run_dir)
     (run_dir / "report.md").write_text(report + "\n![PPO curves](curves.png)\n")
     (run_dir / "eval.json").write_text(json.dumps(evals, indent=2))
-    print(report, flush=True)
     mark_done(run_dir, {"eval": evals, "seconds": seconds})
+    console_print(report + _written(run_dir))
     return evals
+
+
+def _eval_postfix(row: Row) -> str:
+    """The eval bar's note on the policy just evaluated."""
+    return f"{row['policy']}: greedy true reward {row['eval/greedy/true_reward']:.3f}"
+
+
+def _written(run_dir: Path) -> str:
+    """Where the demo's outputs are, for the console."""
+    return (
+        f"\nWritten to {run_dir}/: report.md, curves.png, eval.json, config.yaml,\n"
+        "  policy/ (SFT) and ppo_policy/ (PPO) HF dirs, sft/ and ppo/ (metrics.jsonl, "
+        "TensorBoard),\n  logs/ (driver.log: this process, with vLLM and transformers; ray/: "
+        "Ray Train workers, rollout and reward actors)."
+    )
 
 
 run_job = run

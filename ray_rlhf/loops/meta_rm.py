@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ import torch
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.learner.meta_rm import DomainData
 from ray_rlhf.loops.common import prepare_base_model
+from ray_rlhf.progress import Row, StageBar, StageProgress, metrics_postfix
+
+logger = logging.getLogger(__name__)
 
 STATE_DIR = "meta_state"
 METRICS_DIR = "meta"
@@ -128,18 +132,21 @@ def _maybe_pause(control_path: Path, step: int) -> None:
     if wanted() != step:
         return
     control_path.with_name(control_path.name + ".paused").write_text(f"{step}\n")
-    print(f"[meta-rm] paused after outer step {step} ({control_path})", flush=True)
+    logger.info("meta-rm: paused after outer step %d (%s)", step, control_path)
     while wanted() == step:
         time.sleep(0.2)
 
 
-def _print_progress(step: int, steps: int, m: dict[str, float], seconds: float) -> None:
-    print(
-        f"[meta-rm] step {step}/{steps}  outer loss {m['meta/outer_loss']:.4f}  "
-        f"acc {m['meta/outer_accuracy']:.3f}  inner reward {m['meta/inner_reward']:+.3f} "
-        f"(ref {m['meta/inner_reward_ref']:+.3f})  kl {m['meta/kl']:.4f}  {seconds:.1f} s",
-        flush=True,
-    )
+def _postfix(row: Row) -> str:
+    """The meta-rm bar's metrics of the newest outer step."""
+    fields = [
+        ("outer loss", "meta/outer_loss", ".4f"),
+        ("acc", "meta/outer_accuracy", ".3f"),
+        ("inner reward", "meta/inner_reward", "+.3f"),
+        ("ref", "meta/inner_reward_ref", "+.3f"),
+        ("kl", "meta/kl", ".4f"),
+    ]
+    return metrics_postfix(row, fields)
 
 
 def _metadata(
@@ -176,18 +183,23 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> MetaRMResult:
     rm_dir = Path(meta.rm_init_path or policy_dir).resolve()
     learner = MetaRMLearner(rm_dir, meta, seed=cfg.run.seed)
     resumed = learner.restore(run_dir / STATE_DIR)
-    print(
-        f"[meta-rm] {len(domains)} domains ({', '.join(domains)}), {meta.domains_per_step} "
-        f"per step, K={meta.inner_steps} ({meta.order}), adapt {meta.adapt}; "
-        + (f"resuming at outer step {learner.step + 1}" if resumed else "starting"),
-        flush=True,
+    logger.info(
+        "meta-rm: %d domains (%s), %d per step, K=%d (%s), adapt %s; %s",
+        len(domains),
+        ", ".join(domains),
+        meta.domains_per_step,
+        meta.inner_steps,
+        meta.order,
+        meta.adapt,
+        f"resuming at outer step {learner.step + 1}" if resumed else "starting",
     )
     _drop_rows_after(run_dir / METRICS_DIR, learner.step)
     spec = AdapterSpec(
         str(Path(policy_dir).resolve()), str(rm_dir), meta, cfg.data.max_response_tokens
     )
     times = []
-    with MetricsWriter(run_dir / METRICS_DIR) as writer:
+    spec = StageProgress("meta-rm", meta.outer_steps, "step", _postfix)
+    with MetricsWriter(run_dir / METRICS_DIR) as writer, StageBar(spec) as bar:
         for step in range(learner.step, meta.outer_steps):
             tick = time.perf_counter()
             batches = domain_batches(domains, meta, step, cfg.run.seed)
@@ -199,7 +211,7 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> MetaRMResult:
             metrics["timing/outer_step"] = times[-1]
             writer.log(learner.step, metrics)
             learner.save(run_dir / STATE_DIR)
-            _print_progress(learner.step, meta.outer_steps, metrics, times[-1])
+            bar.show(learner.step, metrics)
             _maybe_pause(run_dir / "control.yaml", learner.step)
     ev = learner.evaluate(held_out)
     pairs = int(held_out["chosen_input_ids"].shape[0])
@@ -227,10 +239,11 @@ def run_job(cfg: RLHFConfig) -> MetaRMResult:
         result = run(cfg, run_dir, policy_dir)
     finally:
         shutdown_ray(started)
-    print(
-        f"[meta-rm] reward model written to {result.reward_model_dir} (eval accuracy "
-        f"{result.eval_accuracy:.3f}, {result.seconds_per_step:.1f} s per outer step)",
-        flush=True,
+    logger.info(
+        "meta-rm: reward model written to %s (eval accuracy %.3f, %.1f s per outer step)",
+        result.reward_model_dir,
+        result.eval_accuracy,
+        result.seconds_per_step,
     )
     mark_done(
         run_dir,

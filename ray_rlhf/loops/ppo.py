@@ -56,11 +56,15 @@ def load_prompt_sets(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Pr
 
     def load(source: str | Path) -> Any:
         return load_prompts(
-            str(source), tokenizer=tokenizer, max_prompt_tokens=data.max_prompt_tokens
+            str(source),
+            tokenizer=tokenizer,
+            max_prompt_tokens=data.max_prompt_tokens,
+            chat_template=data.chat_template,
         )
 
     def prompt_set(ds: Any, toyworld: bool) -> PromptSet:
-        return PromptSet(list(ds["id"]), list(ds["prompt"]), toyworld=toyworld)
+        texts = (list(ds[name]) for name in ("id", "prompt", "user_prompt"))
+        return PromptSet(*texts, toyworld=toyworld)
 
     if data.prompts_path is None:
         toy = toyworld_files(cfg, run_dir)
@@ -146,12 +150,18 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> PPOResult:
     prompts, eval_prompts = load_prompt_sets(cfg, run_dir, tokenizer)
     if cfg.contrastive.enabled:
         check_baselines(cfg, [prompts, eval_prompts])
-    print(
-        f"[ppo] {len(prompts.ids)} prompts, {cfg.ppo.iterations} iterations of "
-        f"{cfg.ppo.prompts_per_iteration} x {cfg.rollout.n_samples} samples, "
-        f"advantage={cfg.ppo.advantage}, {cfg.rollout.num_actors} rollout / "
-        f"{cfg.reward.num_actors} reward actors, {cfg.learner.num_workers} learners",
-        flush=True,
+    logger.info(
+        "ppo: %d prompts (%d held out), %d iterations of %d x %d samples, advantage %s, "
+        "%d rollout / %d reward actor(s), %d learners",
+        len(prompts.ids),
+        len(eval_prompts.ids),
+        cfg.ppo.iterations,
+        cfg.ppo.prompts_per_iteration,
+        cfg.rollout.n_samples,
+        cfg.ppo.advantage,
+        cfg.rollout.num_actors,
+        cfg.reward.num_actors,
+        cfg.learner.num_workers,
     )
     pools = start_pools(cfg, policy_dir)
     try:
@@ -188,7 +198,7 @@ def run_job(cfg: RLHFConfig) -> PPOResult:
         result = run(cfg, run_dir, policy)
     finally:
         shutdown_ray(started)
-    print(f"[ppo] policy written to {result.policy_dir} ({result.seconds:.0f} s)", flush=True)
+    logger.info("ppo: policy written to %s (%.0f s)", result.policy_dir, result.seconds)
     if cfg.segment.reward_granularity != "bandit":  # sampled responses, boundaries marked
         from ray_rlhf.loops.segment_report import write_segment_report
         from ray_rlhf.models.builders import load_tokenizer

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from ray_rlhf.config import RLHFConfig, dump_config
-from ray_rlhf.loops.common import prepare_base_model, toyworld_files
+from ray_rlhf.config_diff import DERIVED_KEYS
+from ray_rlhf.loops.common import (
+    CONFIG_FILE,
+    check_resume_config,
+    prepare_base_model,
+    toyworld_files,
+)
 
 Stage = Literal["sft", "rm", "ppo"]
 """A stage of a run: each reads its own data (SFT pairs, preference pairs, prompts)."""
@@ -26,10 +32,12 @@ logger = logging.getLogger(__name__)
 
 
 class RunTexts(NamedTuple):
-    """Every prompt and every SFT / preference response the stages will read."""
+    """Every prompt and every SFT / preference response the stages will read, and how many
+    rows of each kind there are (`{"SFT pairs": 20000, ...}`, for the run's header)."""
 
     prompts: list[str]
     responses: list[str]
+    sizes: dict[str, int]
 
 
 def preflight(
@@ -49,22 +57,29 @@ def preflight(
 
     Raises:
         DataValidationError: Naming file, row and field of bad or over-long rows.
-        ConfigError: Naming the keys of limits the model cannot hold.
+        ConfigError: Naming the keys of limits the model cannot hold, or (a
+            `ConfigChangedError`) derived limits that differ from the ones of the
+            unfinished run stored in `run_dir`.
         ModelDirError: A model dir is missing or unusable.
         ValueError: The reward rule cannot be imported or called as f(prompt, response).
     """
     from ray_rlhf.data.errors import DataValidationError
     from ray_rlhf.data.limits import resolve_token_limits
     from ray_rlhf.models.builders import check_policy_dir, load_tokenizer
-    from ray_rlhf.models.checkpoint import max_positions
+    from ray_rlhf.models.checkpoint import describe_model_dir, max_positions
 
     base = base_dir if base_dir is not None else prepare_base_model(cfg, run_dir)
     check_policy_dir(base, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(base, trust_remote_code=cfg.model.trust_remote_code)
+    built = " (built from model.tiny)" if cfg.model.path is None else ""
+    logger.info("model: %s%s: %s", base, built, describe_model_dir(base))
+    logger.info("chat template: %s", chat_template_choice(cfg.data.chat_template, tokenizer, base))
     if "ppo" in stages:
         check_reward(cfg)
     texts = validate_data(cfg, run_dir, tokenizer, stages)
-    longest_prompt, longest_response = (_longest(tokenizer, t) for t in texts)
+    logger.info("data: %s", describe_data(cfg, stages, texts.sizes))
+    longest_prompt = _longest(tokenizer, texts.prompts)
+    longest_response = _longest(tokenizer, texts.responses)
     limits = resolve_token_limits(
         cfg.data.max_prompt_tokens,
         cfg.data.max_response_tokens,
@@ -88,8 +103,34 @@ def preflight(
                 "(max_position_embeddings)."
             )
             raise
-    dump_config(resolved, run_dir / "config.yaml")
+    # A resumed run's stored limits were resolved too: compare like with like.
+    check_resume_config(resolved, run_dir, only=DERIVED_KEYS)
+    dump_config(resolved, run_dir / CONFIG_FILE)
     return resolved
+
+
+def chat_template_choice(mode: str, tokenizer: Any, model_dir: Path) -> str:
+    """What `data.chat_template` means for this tokenizer, as a log line.
+
+    Raises:
+        ConfigError: `always` with a tokenizer that has no chat template.
+    """
+    from ray_rlhf.config import ConfigError
+
+    has = tokenizer.chat_template is not None
+    if mode == "always" and not has:
+        raise ConfigError(
+            f"data.chat_template: 'always', but the tokenizer of {model_dir} has no chat "
+            "template; set data.chat_template=auto (or never) to use plain prompts as written"
+        )
+    if mode == "never" or not has:
+        why = "data.chat_template=never" if mode == "never" else "the tokenizer has none"
+        chat_rows = "; chat rows (message lists) still use the template" if has else ""
+        return f"plain-text prompts are used as written ({why}){chat_rows}"
+    return (
+        f"plain-text prompts are rendered with the tokenizer's chat template as one user "
+        f"message (data.chat_template={mode})"
+    )
 
 
 def check_reward(cfg: RLHFConfig) -> None:
@@ -112,14 +153,30 @@ def _longest(tokenizer: Any, texts: list[str]) -> int:
     return max((n for n in count_tokens(tokenizer, texts) if n is not None), default=0)
 
 
-def uses_toy_data(cfg: RLHFConfig, stages: Collection[Stage]) -> bool:
-    """Whether every data file the stages read is the toy world's."""
+def _stage_paths(cfg: RLHFConfig, stages: Collection[Stage]) -> list[str | None]:
+    """The data paths the stages read (None: the toy world's split)."""
     paths = {
         "sft": [cfg.data.sft_path],
         "rm": [cfg.data.preferences_path],
-        "ppo": [cfg.data.prompts_path, cfg.data.eval_prompts_path],
+        # Without eval_prompts_path, eval prompts are held out of prompts_path.
+        "ppo": [cfg.data.prompts_path, cfg.data.eval_prompts_path or cfg.data.prompts_path],
     }
-    return all(path is None for stage in stages for path in paths[stage])
+    return [path for stage in stages for path in paths[stage]]
+
+
+def uses_toy_data(cfg: RLHFConfig, stages: Collection[Stage]) -> bool:
+    """Whether every data file the stages read is the toy world's."""
+    return all(path is None for path in _stage_paths(cfg, stages))
+
+
+def describe_data(cfg: RLHFConfig, stages: Collection[Stage], sizes: dict[str, int]) -> str:
+    """`20000 SFT pairs, 2000 train prompts, 100 eval prompts (the toy world)`."""
+    counts = ", ".join(f"{n} {kind}" for kind, n in sizes.items())
+    paths = _stage_paths(cfg, stages)
+    sources = sorted({path for path in paths if path is not None})
+    if None in paths:
+        sources.append("the toy world")
+    return f"{counts} ({', '.join(sources)})"
 
 
 def validate_data(
@@ -127,7 +184,7 @@ def validate_data(
 ) -> RunTexts:
     """Loads and validates the stages' data as the stages will (set token limits are hard
     limits); returns their prompts and responses."""
-    out = RunTexts([], [])
+    out = RunTexts([], [], {})
     if "sft" in stages:
         _sft_texts(cfg, run_dir, tokenizer, out)
     if "rm" in stages:
@@ -137,10 +194,12 @@ def validate_data(
     return out
 
 
-def _limits(cfg: RLHFConfig) -> dict[str, int | None]:
+def _loader_options(cfg: RLHFConfig) -> dict[str, Any]:
+    """The loaders' keyword arguments that come from `data`: token limits, chat template."""
     return {
         "max_prompt_tokens": cfg.data.max_prompt_tokens,
         "max_response_tokens": cfg.data.max_response_tokens,
+        "chat_template": cfg.data.chat_template,
     }
 
 
@@ -148,9 +207,10 @@ def _sft_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTexts) ->
     from ray_rlhf.data.sft import load_sft
 
     source = cfg.data.sft_path or toyworld_files(cfg, run_dir)["sft"]
-    ds = load_sft(str(source), tokenizer=tokenizer, **_limits(cfg))
+    ds = load_sft(str(source), tokenizer=tokenizer, **_loader_options(cfg))
     out.prompts.extend(ds["prompt"])
     out.responses.extend(ds["response"])
+    out.sizes["SFT pairs"] = ds.num_rows
 
 
 def _preference_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTexts) -> None:
@@ -160,7 +220,7 @@ def _preference_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTe
     from ray_rlhf.loops.rm import EVAL_FRACTION, check_held_out_pairs, check_pair_columns
 
     def load(source: str) -> Any:
-        ds = load_preferences(source, tokenizer=tokenizer, **_limits(cfg))
+        ds = load_preferences(source, tokenizer=tokenizer, **_loader_options(cfg))
         out.prompts.extend(ds["prompt"])
         out.responses.extend([*ds["chosen"], *ds["rejected"]])
         return ds
@@ -168,15 +228,17 @@ def _preference_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTe
     if cfg.data.preferences_path is None:
         toy = toyworld_files(cfg, run_dir)
         source, eval_source = str(toy["pref_train"]), str(toy["pref_test"])
-        check_pair_columns(load(source), cfg, source)
-        n_eval = load(eval_source).num_rows
+        train = load(source)
+        check_pair_columns(train, cfg, source)
+        n_train, n_eval = train.num_rows, load(eval_source).num_rows
     else:
         source = eval_source = cfg.data.preferences_path
         pairs = load(source)
         check_pair_columns(pairs, cfg, source)
         held_out = held_out_split(pairs, EVAL_FRACTION, cfg.run.seed)[1] if len(pairs) > 1 else []
-        n_eval = len(held_out)
+        n_train, n_eval = len(pairs) - len(held_out), len(held_out)
     check_held_out_pairs(n_eval, cfg, eval_source)
+    out.sizes.update({"preference pairs": n_train, "held-out pairs": n_eval})
 
 
 def _prompt_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTexts) -> None:
@@ -185,6 +247,7 @@ def _prompt_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTexts)
 
     train, held_out = load_prompt_sets(cfg, run_dir, tokenizer)
     out.prompts.extend(train.texts + held_out.texts)
+    out.sizes.update({"train prompts": len(train.ids), "eval prompts": len(held_out.ids)})
     if cfg.data.prompts_path and not cfg.data.eval_prompts_path:
         logger.info(
             "data.eval_prompts_path is not set: holding out %d of the %d prompts of %s as "

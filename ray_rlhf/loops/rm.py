@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch
 
 from ray_rlhf.config import RLHFConfig, requested_cpus
 from ray_rlhf.loops.common import prepare_base_model, toyworld_files
+
+logger = logging.getLogger(__name__)
 
 STRENGTH_COLUMN = "strength"
 """Per-pair preference strength mu, written by `ray-rlhf preference-strength`."""
@@ -172,6 +175,7 @@ def load_pair_splits(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[An
             tokenizer=tokenizer,
             max_prompt_tokens=cfg.data.max_prompt_tokens,
             max_response_tokens=cfg.data.max_response_tokens,
+            chat_template=cfg.data.chat_template,
         )
 
     if cfg.data.preferences_path is None:
@@ -218,11 +222,16 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
     n, width = train["chosen_input_ids"].shape
     n_eval = held_out["chosen_input_ids"].shape[0]
     check_held_out_pairs(n_eval, cfg, cfg.data.preferences_path or "the toy world's pref_test")
-    print(
-        f"[rm] {n} pairs (max {width} tokens), {n_eval} held out, "
-        f"{cfg.rm.steps} steps, head {cfg.rm.head}, {cfg.learner.num_workers} workers, "
-        f"ZeRO-{cfg.learner.zero_stage}{_methods(cfg, meta)}",
-        flush=True,
+    logger.info(
+        "rm: %d pairs (max %d tokens), %d held out, %d steps, head %s, %d learners, ZeRO-%d%s",
+        n,
+        width,
+        n_eval,
+        cfg.rm.steps,
+        cfg.rm.head,
+        cfg.learner.num_workers,
+        cfg.learner.zero_stage,
+        _methods(cfg, meta),
     )
     out = run_rm_trainer(
         cfg, model_dir=policy_dir, train=train, eval=held_out, run_dir=run_dir, meta=meta
@@ -264,10 +273,11 @@ def run_job(cfg: RLHFConfig) -> RMResult:
         result = run(cfg, run_dir, base_dir)
     finally:
         shutdown_ray(started)
-    print(
-        f"[rm] reward model written to {result.reward_model_dir} "
-        f"(eval accuracy {result.eval_accuracy:.3f}, {result.seconds:.0f} s)",
-        flush=True,
+    logger.info(
+        "rm: reward model written to %s (eval accuracy %.3f, %.0f s)",
+        result.reward_model_dir,
+        result.eval_accuracy,
+        result.seconds,
     )
     summary = {
         "reward_model_dir": str(result.reward_model_dir),

@@ -12,6 +12,7 @@ refits an existing RM.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from ray_rlhf.reward.segments import (
     tokenizer_fingerprint,
 )
 
+logger = logging.getLogger(__name__)
+
 
 def segment_pairs(
     cfg: RLHFConfig, reference_dir: Path, pairs: dict[str, torch.Tensor]
@@ -33,7 +36,7 @@ def segment_pairs(
     """`pairs` plus chosen_/rejected_segment_ends (P, T), segmented by the reference model
     at the threshold `cfg.segment` implies (`segmentation_threshold`)."""
     threshold = segmentation_threshold(cfg)
-    print(f"[segment] segmenting pairs with {reference_dir} at c={threshold}", flush=True)
+    logger.info("segment: segmenting pairs with %s at c=%s", reference_dir, threshold)
     return add_pair_segment_ends(
         pairs, reference_dir, threshold, trust_remote_code=cfg.model.trust_remote_code
     )
@@ -181,7 +184,8 @@ def rl_prompt_texts(cfg: RLHFConfig, run_dir: Path, reference_dir: Path) -> list
     source = cfg.data.prompts_path or str(toyworld_files(cfg, run_dir)["train_prompts"])
     tokenizer = load_tokenizer(reference_dir, trust_remote_code=cfg.model.trust_remote_code)
     return list(load_prompts(source, tokenizer=tokenizer,
-                             max_prompt_tokens=cfg.data.max_prompt_tokens)["prompt"])
+                             max_prompt_tokens=cfg.data.max_prompt_tokens,
+                             chat_template=cfg.data.chat_template)["prompt"])
 
 
 def pad_rows(examples: list[tuple[list[int], list[bool]]], pad_id: int) -> dict:
@@ -221,12 +225,17 @@ def fit_and_store(
     normalizer, stats = fit_normalizer(rm_dir, rows, cfg.segment.huber_epsilon)
     record = write_segment_record(rm_dir, cfg, reference_dir, normalizer, stats)
     n = normalizer
-    print(
-        f"[segment] normalizer of {rm_dir.name}: mu(p) = {n.mu_slope:.3f} log p + "
-        f"{n.mu_intercept:.3f}, sigma(p) = {n.sigma_slope:.3f} log p + {n.sigma_intercept:.3f} "
-        f"({stats['segments']:.0f} segments of {stats['responses']:.0f} "
-        f"{cfg.segment.normalizer_source} responses)",
-        flush=True,
+    logger.info(
+        "segment: normalizer of %s: mu(p) = %.3f log p + %.3f, sigma(p) = %.3f log p + %.3f "
+        "(%.0f segments of %.0f %s responses)",
+        rm_dir.name,
+        n.mu_slope,
+        n.mu_intercept,
+        n.sigma_slope,
+        n.sigma_intercept,
+        stats["segments"],
+        stats["responses"],
+        cfg.segment.normalizer_source,
     )
     return record
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,8 @@ import torch
 
 from ray_rlhf.config import RLHFConfig, requested_cpus
 from ray_rlhf.loops.common import prepare_base_model, toyworld_files
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ def load_sft_tensors(cfg: RLHFConfig, run_dir: Path, base_dir: Path) -> dict[str
         tokenizer=tokenizer,
         max_prompt_tokens=cfg.data.max_prompt_tokens,
         max_response_tokens=cfg.data.max_response_tokens,
+        chat_template=cfg.data.chat_template,
     )
     return tokenize_sft(
         dataset["prompt"], dataset["response"], tokenizer, max_sequence_tokens(cfg.data)
@@ -66,10 +70,13 @@ def run(cfg: RLHFConfig, run_dir: Path) -> SFTResult:
     base_dir = prepare_base_model(cfg, run_dir)
     data = load_sft_tensors(cfg, run_dir, base_dir)
     n, width = data["input_ids"].shape
-    print(
-        f"[sft] {n} examples (max {width} tokens), {cfg.sft.steps} steps, "
-        f"{cfg.learner.num_workers} workers, ZeRO-{cfg.learner.zero_stage}",
-        flush=True,
+    logger.info(
+        "sft: %d examples (max %d tokens), %d steps, %d learners, ZeRO-%d",
+        n,
+        width,
+        cfg.sft.steps,
+        cfg.learner.num_workers,
+        cfg.learner.zero_stage,
     )
     policy_dir = run_sft_trainer(cfg, model_dir=base_dir, data=data, run_dir=run_dir)
     return SFTResult(policy_dir, base_dir, time.perf_counter() - start)
@@ -88,6 +95,6 @@ def run_job(cfg: RLHFConfig) -> SFTResult:
         result = run(cfg, run_dir)
     finally:
         shutdown_ray(started)
-    print(f"[sft] policy written to {result.policy_dir} ({result.seconds:.0f} s)", flush=True)
+    logger.info("sft: policy written to %s (%.0f s)", result.policy_dir, result.seconds)
     mark_done(run_dir, {"policy_dir": str(result.policy_dir), "seconds": result.seconds})
     return result

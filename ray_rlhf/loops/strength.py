@@ -17,6 +17,7 @@ paper; with many epochs a member memorizes noisy labels and mu_i < 0 gets rarer.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ import torch
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.loops.common import prepare_base_model, toyworld_files
 from ray_rlhf.loops.rm import STRENGTH_COLUMN, tokenize_pairs
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_FILE = "preferences_strength.parquet"
 MEMBERS_DIR = "members"
@@ -116,6 +119,7 @@ def _load_pairs(cfg: RLHFConfig, run_dir: Path, base_dir: Path) -> tuple[Any, st
         tokenizer=tokenizer,
         max_prompt_tokens=cfg.data.max_prompt_tokens,
         max_response_tokens=cfg.data.max_response_tokens,
+        chat_template=cfg.data.chat_template,
     )
     return dataset, source
 
@@ -133,10 +137,12 @@ def _train_missing_members(
         for m in range(cfg.rm.ensemble_members)
         if not (members_dir / f"member_{m:02d}.parquet").exists()
     ]
-    print(
-        f"[strength] {dataset.num_rows} pairs, {cfg.rm.ensemble_members} members "
-        f"({len(todo)} to train), {cfg.rm.steps} steps each",
-        flush=True,
+    logger.info(
+        "strength: %d pairs, %d members (%d to train), %d steps each",
+        dataset.num_rows,
+        cfg.rm.ensemble_members,
+        len(todo),
+        cfg.rm.steps,
     )
     if not todo:
         return
@@ -152,10 +158,11 @@ def _train_missing_members(
             members_dir / f"member_{member:02d}.parquet",
         )
         agree = float((margins["pairs"] > 0).float().mean())
-        print(
-            f"[strength] member {member} done ({time.perf_counter() - start:.0f} s): "
-            f"agrees with {agree:.3f} of the labels",
-            flush=True,
+        logger.info(
+            "strength: member %d done (%.0f s): agrees with %.3f of the labels",
+            member,
+            time.perf_counter() - start,
+            agree,
         )
 
 
@@ -195,7 +202,7 @@ def annotate(cfg: RLHFConfig, run_dir: Path, base_dir: Path) -> dict[str, Any]:
     if "label_flipped" in dataset.column_names:
         flipped = torch.tensor(dataset["label_flipped"], dtype=torch.bool)
         summary["flip_detection"] = flip_detection(stats.mean, flipped)
-    print(f"[strength] {json.dumps(summary)}", flush=True)
+    logger.info("strength: %s", json.dumps(summary))
     return summary
 
 

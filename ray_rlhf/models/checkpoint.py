@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -249,3 +250,26 @@ def max_positions(model_dir: str | os.PathLike[str]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def describe_model_dir(model_dir: str | os.PathLike[str]) -> str:
+    """`llama, 2 layers, hidden 64, 0.2M parameters`: a model dir's shape for the run's
+    header, from `config.json` and the safetensors headers (no weights are read).
+
+    Raises:
+        ModelDirError: If the directory is not a valid model directory.
+    """
+    from safetensors import safe_open
+
+    path = validate_model_dir(model_dir)
+    config = _read_config(path)
+    parameters = 0
+    for weights in sorted(path.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as f:
+            for name in f.keys():
+                parameters += math.prod(f.get_slice(name).get_shape())
+    size = f"{parameters / 1e6:.1f}M" if parameters >= 1e5 else f"{parameters / 1e3:.0f}K"
+    return (
+        f"{config.get('model_type', 'unknown type')}, {config.get('num_hidden_layers', '?')} "
+        f"layers, hidden {config.get('hidden_size', '?')}, {size} parameters"
+    )

@@ -63,10 +63,12 @@ class PromptFreeDiagnostics:
         generator = torch.Generator().manual_seed(self.seed * 7919 + ctx.row_offset)
         alt = in_batch_alternative_indices(groups, self.num_prompts, generator)  # (G, M)
         row_alt = alt.repeat_interleave(n, dim=0)  # (N, M): a row borrows its group's prompts
-        prompts = [batch.prompts[g] for g in row_alt.reshape(-1).tolist()]
+        borrowed = row_alt.reshape(-1).tolist()
+        prompts = [batch.prompts[g] for g in borrowed]
+        users = None if batch.user_prompts is None else [batch.user_prompts[g] for g in borrowed]
         responses = [r for r in batch.responses for _ in range(self.num_prompts)]
         finished = [bool(f) for f in batch.finished for _ in range(self.num_prompts)]
-        cross = ctx.source.score_texts(prompts, responses, finished).float()
+        cross = ctx.source.score_texts(prompts, responses, finished, users).float()
         cross = cross.view(rows, self.num_prompts)  # r(x'_m, y_i)
         partner = torch.arange(rows)
         partner = partner - partner % n + (partner % n + 1) % n  # next sample, same prompt

@@ -1,10 +1,14 @@
 """Rule rewards: Python functions named by a `"module:function"` or `"file.py:function"` spec.
 
-A rule is `f(prompt: str, response: str) -> float`, called once per row. A rule that sets
-the attribute `batched = True` is called once per batch instead, as
+A rule is `f(prompt: str, response: str) -> float`, called once per row. `prompt` is the
+prompt as the user wrote it (a plain row's text, a chat row's last user message), not the
+chat-templated text the model read; a rule that also takes a keyword argument
+`rendered_prompt` (or `**kwargs`) gets that text too. A rule that sets the attribute
+`batched = True` is called once per batch instead, as
 `f(prompts: list[str], responses: list[str]) -> list[float]` (row i is prompts[i],
-responses[i]); use it when the rule has per-call overhead worth sharing (a tokenizer, a
-compiled regex set, a subprocess). `RuleSource` scores rollout batches with a loaded rule.
+responses[i]; the keyword is `rendered_prompts`); use it when the rule has per-call
+overhead worth sharing (a tokenizer, a compiled regex set, a subprocess). `RuleSource`
+scores rollout batches with a loaded rule. examples/custom_reward/ has a worked rule.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ Rule = Callable[..., Any]
 """A loaded rule: per-row `(prompt, response) -> float`, or batched (see `is_batched`)."""
 
 _FILE_SUFFIX = ".py"
+RENDERED_KEYWORD = "rendered_prompt"
+"""Keyword under which a per-row rule that accepts it gets the rendered prompt."""
+BATCHED_RENDERED_KEYWORD = "rendered_prompts"
+"""The same for a batched rule (a list, row-aligned with `prompts`)."""
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
@@ -87,7 +95,8 @@ def load_rule(spec: str) -> Rule:
 
     Raises:
         RewardError: Naming the spec, if its format is wrong, the module or file does not
-            exist, the attribute is missing, or it is not callable with two arguments.
+            exist, the attribute is missing, or it is not callable with two arguments
+            (and the rendered-prompt keyword, if it takes one: `rendered_keyword`).
     """
     where, name = _split_spec(spec)
     if where.endswith(_FILE_SUFFIX):
@@ -99,8 +108,10 @@ def load_rule(spec: str) -> Rule:
     rule = getattr(module, name)
     if not callable(rule):
         raise RewardError(f"rule {spec!r}: {name!r} is a {type(rule).__name__}, not callable")
+    keyword = rendered_keyword(rule)
+    extra = {keyword: "rendered"} if keyword else {}
     try:
-        inspect.signature(rule).bind("prompt", "response")
+        inspect.signature(rule).bind("prompt", "response", **extra)
     except TypeError as err:
         raise RewardError(
             f"rule {spec!r}: {name!r} cannot be called as {name}(prompt, response): {err}"
@@ -113,6 +124,25 @@ def load_rule(spec: str) -> Rule:
 def is_batched(rule: Rule) -> bool:
     """True when the rule takes whole lists (`rule.batched = True`)."""
     return getattr(rule, "batched", False) is True
+
+
+def rendered_keyword(rule: Rule) -> str | None:
+    """The keyword the rule takes the rendered prompt(s) under, or None if it takes none.
+
+    A rule takes it when its signature has a parameter of that name (positional-or-keyword
+    or keyword-only) or a `**kwargs`; `rendered_prompts` for batched rules.
+    """
+    name = BATCHED_RENDERED_KEYWORD if is_batched(rule) else RENDERED_KEYWORD
+    try:
+        params = inspect.signature(rule).parameters
+    except (TypeError, ValueError):  # no signature to inspect (some builtins)
+        return None
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if name in params and params[name].kind in by_keyword:
+        return name
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return name
+    return None
 
 
 def absolute_rule_spec(spec: str) -> str:
@@ -129,8 +159,13 @@ def absolute_rule_spec(spec: str) -> str:
 
 
 def rows_prompts(batch: RolloutBatch) -> list[str]:
-    """(N,) prompt text of every row."""
+    """(N,) prompt text of every row, as the model read it."""
     return [batch.prompt_of_row(i) for i in range(batch.num_samples)]
+
+
+def rows_user_prompts(batch: RolloutBatch) -> list[str]:
+    """(N,) prompt of every row as the user wrote it (see `RolloutBatch.user_prompts`)."""
+    return [batch.user_prompt_of_row(i) for i in range(batch.num_samples)]
 
 
 class RuleRowError(RewardError):
@@ -147,6 +182,7 @@ class RuleSource:
     def __init__(self, spec: str) -> None:
         self.spec = spec
         self.rule = load_rule(spec)
+        self.rendered_keyword = rendered_keyword(self.rule)  # inspected once
 
     def score_batch(self, batch: RolloutBatch) -> tuple[torch.Tensor, None]:
         """(N,) float64 rule scores of the batch's rows; no per-position values.
@@ -154,36 +190,52 @@ class RuleSource:
         Raises:
             RuleRowError: See `score_texts` (row indices are the batch's).
         """
-        return self.score_texts(rows_prompts(batch), batch.responses, []), None
+        prompts = rows_prompts(batch)
+        scores = self.score_texts(prompts, batch.responses, [], rows_user_prompts(batch))
+        return scores, None
 
     def score_texts(
-        self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool]
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        finished: Sequence[bool],
+        user_prompts: Sequence[str] | None = None,
     ) -> torch.Tensor:
         """(M,) float64 rule scores of (prompt, response) pairs; `finished` is unused.
+
+        Args:
+            prompts: (M,) prompts as the model read them (the rule's `rendered_prompt`).
+            responses: (M,) response texts.
+            finished: Unused (the reward-model source appends EOS to finished rows).
+            user_prompts: (M,) prompts as the user wrote them, the rule's `prompt`; None
+                when they equal `prompts`.
 
         Raises:
             RuleRowError: If the rule raises on a pair or returns a non-number for it.
             RewardError: If a batched rule returns the wrong number of rewards.
         """
+        users = list(prompts if user_prompts is None else user_prompts)
         if is_batched(self.rule):
-            values = list(self.rule(list(prompts), list(responses)))
+            extra = {self.rendered_keyword: list(prompts)} if self.rendered_keyword else {}
+            values = list(self.rule(users, list(responses), **extra))
             if len(values) != len(responses):
                 raise RewardError(
                     f"batched rule {self.spec!r} returned {len(values)} rewards for "
                     f"{len(responses)} responses"
                 )
         else:
-            pairs = enumerate(zip(prompts, responses, strict=True))
-            values = [self._call(row, prompt, response) for row, (prompt, response) in pairs]
+            rows = zip(users, responses, prompts, strict=True)
+            values = [self._call(row, *texts) for row, texts in enumerate(rows)]
         for row, value in enumerate(values):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise RuleRowError(row, f"rule {self.spec!r} returned {value!r}, not a number")
         return torch.tensor([float(v) for v in values], dtype=torch.float64)
 
-    def _call(self, row: int, prompt: str, response: str) -> Any:
+    def _call(self, row: int, prompt: str, response: str, rendered: str) -> Any:
         """The per-row rule on one pair; an exception becomes a `RuleRowError`."""
+        extra = {self.rendered_keyword: rendered} if self.rendered_keyword else {}
         try:
-            return self.rule(prompt, response)
+            return self.rule(prompt, response, **extra)
         except Exception as err:
             message = f"rule {self.spec!r} raised {type(err).__name__}: {err}"
             raise RuleRowError(row, message) from err

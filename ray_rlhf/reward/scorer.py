@@ -77,9 +77,15 @@ class ScoreSource(Protocol):
         ...
 
     def score_texts(
-        self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool]
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        finished: Sequence[bool],
+        user_prompts: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """Returns (M,) float64 raw scores of M (prompt, response) pairs."""
+        """Returns (M,) float64 raw scores of M (prompt, response) pairs. `prompts` are
+        what the model read; `user_prompts` (for rules) as the user wrote them, or None
+        when equal (`RolloutBatch.user_prompts`)."""
         ...
 
 
@@ -164,14 +170,19 @@ class ModelSource:
         return self._forward(batch.input_ids, batch.attention_mask)
 
     def score_texts(
-        self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool]
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        finished: Sequence[bool],
+        user_prompts: Sequence[str] | None = None,
     ) -> torch.Tensor:
         """(M,) float64 scores of (prompt, response) texts tokenized with the RM tokenizer.
 
         Args:
-            prompts: (M,) prompt texts.
+            prompts: (M,) prompt texts as the policy read them.
             responses: (M,) response texts, without EOS.
             finished: (M,) whether each response ended with EOS (then EOS is appended).
+            user_prompts: Unused: a reward model reads what the policy read.
         """
         from ray_rlhf.data.tokenize import encode_prompt_response, pad_batch
 

@@ -260,10 +260,10 @@ def test_dataset_dict_is_rejected() -> None:
 def test_load_prompts_plain_keeps_extra_columns_and_str_ids(tmp_path: Path) -> None:
     rows = [{"id": 7, "prompt": "hello", "domain": "x"}, {"id": 8, "prompt": "sort", "domain": "y"}]
     prompts = load_prompts(write_jsonl(tmp_path / "p.jsonl", rows))
-    assert prompts.column_names == ["id", "prompt", "domain"]
+    assert prompts.column_names == ["id", "prompt", "user_prompt", "domain"]
     assert prompts.to_list() == [
-        {"id": "7", "prompt": "hello", "domain": "x"},
-        {"id": "8", "prompt": "sort", "domain": "y"},
+        {"id": "7", "prompt": "hello", "user_prompt": "hello", "domain": "x"},
+        {"id": "8", "prompt": "sort", "user_prompt": "sort", "domain": "y"},
     ]
 
 
@@ -279,8 +279,60 @@ def test_load_prompts_chat_layout_renders_template(tokenizer: PreTrainedTokenize
     conversation = [{"role": "system", "content": "be brief"}, user("hello")]
     source = datasets.Dataset.from_list([{"messages": conversation, "domain": "x"}])
     prompts = load_prompts(source, tokenizer=tokenizer)
-    assert prompts.column_names == ["id", "prompt", "domain"]
+    assert prompts.column_names == ["id", "prompt", "user_prompt", "domain"]
     assert prompts[0]["prompt"] == "<system> be brief <user> hello <assistant> "
+    assert prompts[0]["user_prompt"] == "hello"  # the last user message, for rule rewards
+
+
+# Plain-text prompts and `data.chat_template`: auto renders them when the tokenizer has a
+# template, always insists on one, never leaves them as written.
+PLAIN_RENDERED = "<user> hello <assistant> "
+
+
+@pytest.mark.parametrize(
+    ("mode", "has_template", "expected"),
+    [
+        ("auto", True, PLAIN_RENDERED),
+        ("auto", False, "hello"),
+        ("always", True, PLAIN_RENDERED),
+        ("never", True, "hello"),
+        ("never", False, "hello"),
+    ],
+)
+def test_plain_prompts_follow_the_chat_template_mode(
+    tmp_path: Path, mode: str, has_template: bool, expected: str
+) -> None:
+    tokenizer = make_tokenizer(chat_template=CHAT_TEMPLATE if has_template else None)
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello"}])
+    prompts = load_prompts(path, tokenizer=tokenizer, chat_template=mode)
+    assert prompts[0]["prompt"] == expected
+    assert prompts[0]["user_prompt"] == "hello"
+    sft = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "hello", "response": "yes"}])
+    assert load_sft(sft, tokenizer=tokenizer, chat_template=mode)[0]["prompt"] == expected
+    pair = {"prompt": "hello", "chosen": "yes", "rejected": "no"}
+    pairs = write_jsonl(tmp_path / "r.jsonl", [pair])
+    assert load_preferences(pairs, tokenizer=tokenizer, chat_template=mode)[0]["prompt"] == expected
+
+
+def test_rendered_plain_prompts_count_their_template_tokens(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello"}])
+    tokenizer = make_tokenizer()
+    assert load_prompts(path, tokenizer=tokenizer, max_prompt_tokens=3).num_rows == 1
+    with pytest.raises(DataValidationError) as caught:
+        load_prompts(path, tokenizer=tokenizer, max_prompt_tokens=2)
+    assert "3 tokens, more than max_prompt_tokens=2" in str(caught.value)
+    assert load_prompts(path, tokenizer=tokenizer, max_prompt_tokens=1, chat_template="never")
+
+
+@pytest.mark.parametrize("with_tokenizer", [True, False])
+def test_always_without_a_template_names_the_key(tmp_path: Path, with_tokenizer: bool) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello"}])
+    tokenizer = make_tokenizer(chat_template=None) if with_tokenizer else None
+    with pytest.raises(DataValidationError) as caught:
+        load_prompts(path, tokenizer=tokenizer, chat_template="always")
+    assert "data.chat_template is 'always', which needs a tokenizer with a chat template" in str(
+        caught.value
+    )
 
 
 def test_load_prompts_from_directory_names_the_file_of_a_bad_row(tmp_path: Path) -> None:
@@ -355,9 +407,10 @@ def test_chat_layout_without_template(tmp_path: Path, with_tokenizer: bool) -> N
 
 def test_over_long_prompt(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a b"}, {"prompt": "a b c"}])
-    assert load_prompts(path, tokenizer=tokenizer, max_prompt_tokens=3).num_rows == 2
+    as_written = {"tokenizer": tokenizer, "chat_template": "never"}
+    assert load_prompts(path, max_prompt_tokens=3, **as_written).num_rows == 2
     with pytest.raises(DataValidationError) as caught:
-        load_prompts(path, tokenizer=tokenizer, max_prompt_tokens=2)
+        load_prompts(path, max_prompt_tokens=2, **as_written)
     assert_names(caught.value, path, 1, "prompt", "3 tokens, more than max_prompt_tokens=2")
 
 
@@ -483,7 +536,13 @@ def test_preferences_over_long_response_and_prompt(
 ) -> None:
     path = write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
     with pytest.raises(DataValidationError) as caught:
-        load_preferences(path, tokenizer=tokenizer, max_prompt_tokens=2, max_response_tokens=1)
+        load_preferences(
+            path,
+            tokenizer=tokenizer,
+            max_prompt_tokens=2,
+            max_response_tokens=1,
+            chat_template="never",
+        )
     problems = [(p.row, p.field, p.message) for p in caught.value.problems]
     assert problems == [
         (1, "prompt", "3 tokens, more than max_prompt_tokens=2"),

@@ -271,3 +271,60 @@ def test_ppo_job_with_bad_prompts_fails_before_ray_and_before_sft(tmp_path):
         ppo.run_job(cfg)
     assert not ray.is_initialized()
     assert not (cfg.run.run_dir / "policy").exists()  # the SFT stage never started
+
+
+# --------------------------------------------------------------------- chat templates
+
+
+def plain_prompts(path: Path, n: int) -> Path:
+    rows = [{"id": f"p{i}", "prompt": "sort the list please 1 2 3 ="} for i in range(n)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "rendered", "logged"),
+    [
+        ("auto", True, "rendered with the tokenizer's chat template"),
+        ("never", False, "used as written (data.chat_template=never); chat rows"),
+    ],
+)
+def test_plain_prompts_get_the_chat_template_of_the_model(
+    tmp_path, chat_model, caplog, mode, rendered, logged
+):
+    from ray_rlhf.loops.ppo import load_prompt_sets
+    from ray_rlhf.models import load_tokenizer
+
+    prompts = plain_prompts(tmp_path / "prompts.jsonl", 10)
+    cfg = ppo_config(tmp_path, chat_model, prompts, f"data.chat_template={mode}")
+    run_dir = prepare_run_dir(cfg)
+    with caplog.at_level("INFO", logger="ray_rlhf"):
+        resolved = preflight(cfg, run_dir, ("ppo",))
+    assert f"chat template: plain-text prompts are {logged}" in caplog.text
+    # 8 words, plus <|user|> and <|assistant|> when rendered
+    assert resolved.data.max_prompt_tokens == (10 if rendered else 8)
+    train, _ = load_prompt_sets(resolved, run_dir, load_tokenizer(chat_model))
+    assert train.user_texts[0] == "sort the list please 1 2 3 ="
+    assert train.texts[0].startswith("<|user|>") == rendered
+
+
+def test_always_without_a_template_is_a_config_error_naming_the_key(tmp_path):
+    model = write_tiny_model(
+        tmp_path / "plain", build_word_tokenizer(WORDS, chat_template=None), TinyModelSpec()
+    )
+    prompts = plain_prompts(tmp_path / "prompts.jsonl", 10)
+    cfg = ppo_config(tmp_path, model, prompts, "data.chat_template=always")
+    with pytest.raises(ConfigError, match=r"^data.chat_template: 'always', but the tokenizer"):
+        preflight(cfg, prepare_run_dir(cfg), ("ppo",))
+
+
+def test_a_resumed_run_compares_resolved_limits(tmp_path, chat_model):
+    from ray_rlhf.loops.common import ConfigChangedError
+
+    prompts = chat_prompts(tmp_path / "prompts.jsonl", 20, words=32)
+    cfg = ppo_config(tmp_path, chat_model, prompts)
+    preflight(cfg, prepare_run_dir(cfg), ("ppo",))  # stores the resolved limits
+    preflight(cfg, prepare_run_dir(cfg), ("ppo",))  # same data: resumes
+    chat_prompts(prompts, 20, words=40)  # the file now holds longer prompts
+    with pytest.raises(ConfigChangedError, match=r"Changed: data.max_prompt_tokens: 6\d -> 7\d"):
+        preflight(cfg, prepare_run_dir(cfg), ("ppo",))

@@ -196,6 +196,71 @@ def test_batched_rule_is_called_once_per_batch(tmp_path):
         RewardScorer(RewardConfig(rule=f"{path}:short")).score(hand_batch())
 
 
+# Rules get the prompt as the user wrote it; a rule that takes `rendered_prompt` (or
+# **kwargs) also gets the text the model read.
+RENDERED = ["<|user|> " + p + " <|assistant|>" for p in PROMPTS]
+SIGNATURE_RULES = """
+def plain(prompt, response):
+    return float(prompt.startswith("<|user|>"))
+
+def keyword(prompt, response, rendered_prompt=None):
+    return float(rendered_prompt.startswith("<|user|>") and not prompt.startswith("<|"))
+
+def keyword_only(prompt, response, *, rendered_prompt):
+    return float(rendered_prompt.endswith("<|assistant|>"))
+
+def var_kw(prompt, response, **extra):
+    return float(extra["rendered_prompt"] != prompt)
+
+def other_keyword(prompt, response, rendered=None):
+    return float(rendered is None)
+
+def batch(prompts, responses, rendered_prompts):
+    return [float(r.startswith("<|user|> " + p)) for p, r in zip(prompts, rendered_prompts)]
+batch.batched = True
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "keyword"),
+    [
+        ("plain", None),
+        ("keyword", "rendered_prompt"),
+        ("keyword_only", "rendered_prompt"),
+        ("var_kw", "rendered_prompt"),
+        ("other_keyword", None),
+        ("batch", "rendered_prompts"),
+    ],
+)
+def test_rules_get_the_user_prompt_and_the_rendered_one_if_they_ask(tmp_path, name, keyword):
+    path = write_rule(tmp_path, SIGNATURE_RULES)
+    scorer = RewardScorer(RewardConfig(rule=f"{path}:{name}"))
+    assert scorer.source.rendered_keyword == keyword
+    batch = dataclasses.replace(hand_batch(), prompts=RENDERED, user_prompts=list(PROMPTS))
+    expected = 0.0 if name == "plain" else 1.0  # plain sees the user's text, not the template
+    assert scorer.score(batch).scores.tolist() == [expected] * 4
+
+
+def test_without_user_prompts_rules_get_the_prompts_the_model_read(tmp_path):
+    path = write_rule(tmp_path, SIGNATURE_RULES)
+    batch = dataclasses.replace(hand_batch(), prompts=RENDERED)
+    scores = RewardScorer(RewardConfig(rule=f"{path}:plain")).score(batch).scores
+    assert scores.tolist() == [1.0] * 4
+    scores = RewardScorer(RewardConfig(rule=f"{path}:var_kw")).score(batch).scores
+    assert scores.tolist() == [0.0] * 4  # rendered == prompt
+
+
+def test_the_signature_is_inspected_once(tmp_path, monkeypatch):
+    import inspect
+
+    path = write_rule(tmp_path, SIGNATURE_RULES)
+    scorer = RewardScorer(RewardConfig(rule=f"{path}:keyword"))
+    monkeypatch.setattr(inspect, "signature", lambda *a, **k: pytest.fail("inspected again"))
+    batch = dataclasses.replace(hand_batch(), prompts=RENDERED, user_prompts=list(PROMPTS))
+    scorer.score(batch)
+    scorer.score(batch)
+
+
 def test_bad_rule_fails_at_construction():
     with pytest.raises(ValueError, match="no attribute"):
         RewardScorer(RewardConfig(rule="ray_rlhf.data.toyworld:nope"))

@@ -1,0 +1,160 @@
+"""Progress bars on the driver's console, one per stage.
+
+Rank 0 of a Ray Train stage appends a row per logged step to the stage's `metrics.jsonl`
+(`ray_rlhf.metrics.MetricsWriter`). While the stage runs, `follow_metrics` tails that file
+from the driver and moves one tqdm bar: steps done, elapsed < remaining (the ETA), and a
+short postfix of the newest row's metrics. The metrics file is the only channel, so the
+workers print nothing for people and their output can stay in the Ray session's logs
+(`ray_rlhf.logs`); on shared storage this works for `ray job submit` drivers too. Loops
+that run in the driver (evaluation, meta-rm) move a `StageBar` themselves. Bars are drawn
+only in a CLI console session (`ray_rlhf.logs.console_active`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ray_rlhf.logs import console_active, console_out
+
+Row = Mapping[str, Any]
+"""One metrics row: `step` plus namespaced metrics (`train/loss`)."""
+
+POLL_S = 0.5
+"""How often the driver reads new rows (and redraws the elapsed time)."""
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    """How one stage shows its progress.
+
+    Attributes:
+        name: Bar label, e.g. "sft".
+        total: Steps (or iterations) of the stage.
+        unit: "step", "iter", ...
+        postfix: The newest row as a short text (`metrics_postfix`).
+        stride: Steps between two rows (the stage's log interval): a rerun that resumes
+            shows its first row's step minus this as already done.
+    """
+
+    name: str
+    total: int
+    unit: str
+    postfix: Callable[[Row], str]
+    stride: int = 1
+
+
+def metrics_postfix(row: Row, fields: Sequence[tuple[str, str, str]]) -> str:
+    """`label value` for each (label, key, format) whose key the row has, space-joined.
+
+    Example: `metrics_postfix(row, [("loss", "train/loss", ".3f")])` -> `"loss 1.235"`.
+    """
+    return " ".join(f"{label} {row[key]:{spec}}" for label, key, spec in fields if key in row)
+
+
+class StageBar:
+    """A tqdm bar for one stage on the console; does nothing outside a console session."""
+
+    def __init__(self, spec: StageProgress) -> None:
+        self.spec = spec
+        self._started = False
+        stream = console_out()
+        tty = stream.isatty()
+        self._bar = tqdm(
+            total=spec.total,
+            desc=spec.name,
+            unit=spec.unit,
+            file=stream,
+            dynamic_ncols=tty,
+            # A pipe or a log file gets a redraw per 30 s, not per update.
+            mininterval=0.5 if tty else 30.0,
+            disable=not console_active(),
+        )
+        self._tty = tty
+
+    def show(self, step: int, row: Row) -> None:
+        """Moves the bar to `step` and shows `row` in the postfix."""
+        bar = self._bar
+        if not self._started:
+            # A resumed stage: count the steps before this session as done, not as speed.
+            start = max(0, min(step - self.spec.stride, self.spec.total))
+            bar.n = bar.last_print_n = bar.initial = start
+            self._started = True
+        bar.set_postfix_str(self.spec.postfix(row), refresh=False)
+        if step >= bar.n:
+            bar.update(step - bar.n)
+        else:  # a restarted worker group replays the steps after its checkpoint
+            bar.n = bar.last_print_n = step
+            bar.refresh()
+
+    def tick(self) -> None:
+        """Redraws the elapsed time (terminals only)."""
+        if self._tty:
+            self._bar.refresh()
+
+    def close(self) -> None:
+        """Leaves the final state on its own line."""
+        self._bar.close()
+
+    def __enter__(self) -> StageBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MetricsTail:
+    """New complete rows of a `metrics.jsonl` since this object was made."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = path.stat().st_size if path.is_file() else 0
+        self._partial = b""
+
+    def new_rows(self) -> list[dict[str, Any]]:
+        """The rows appended since the last call (a half-written last line waits)."""
+        if not self.path.is_file():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+@contextmanager
+def follow_metrics(spec: StageProgress | None, metrics_dir: Path) -> Iterator[None]:
+    """Draws the stage's bar from the rows its rank 0 appends to `metrics_dir/metrics.jsonl`
+    while the block runs (a thread of the driver polls every `POLL_S`)."""
+    if spec is None or not console_active():
+        yield
+        return
+    tail = MetricsTail(metrics_dir / "metrics.jsonl")
+    stop = threading.Event()
+
+    def show_new_rows() -> None:
+        for row in tail.new_rows():
+            bar.show(int(row["step"]), row)
+
+    def poll() -> None:
+        while not stop.wait(POLL_S):
+            show_new_rows()
+            bar.tick()
+
+    with StageBar(spec) as bar:
+        thread = threading.Thread(target=poll, name=f"progress-{spec.name}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            show_new_rows()
