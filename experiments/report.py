@@ -146,9 +146,11 @@ def write_report(exp: Any, seconds: float) -> dict[str, Any]:
     public["arms"] = {a: {k: v for k, v in e.items() if k != "curves"}
                       for a, e in data["arms"].items()}
     public["curves"] = {a: e["curves"] for a, e in data["arms"].items()}
+    module = importlib.import_module(f"experiments.{exp.name}")
+    if hasattr(module, "extra_json"):
+        public |= module.extra_json(data)
     (out / f"{exp.name}.json").write_text(json.dumps(public, indent=1))
     plot_gold_vs_kl(data, out / "gold_vs_kl.png")
-    module = importlib.import_module(f"experiments.{exp.name}")
     extra = module.verdict(data) if hasattr(module, "verdict") else ""
     text = (
         f"# {exp.settings.title or exp.name}\n\n"

@@ -56,3 +56,13 @@ def verdict(data: dict[str, Any]) -> str:
         shown = ", ".join("yes" if f else "NO" for f in flags) or "no runs"
         lines.append(f"- {names[key]}: {shown} (per seed)")
     return "\n".join(lines) + "\n"
+
+
+def extra_json(data: dict[str, Any]) -> dict[str, Any]:
+    """Top-level per-seed RM accuracies (both arms share the seed's proxy RM)."""
+    van = data["arms"].get("vanilla")
+    if van is None:
+        return {}
+    return {"seeds": van["seeds"], "rm_acc_same_style": van["rm_acc_same_style"],
+            "rm_acc_all": van["rm_acc_all"], "conditions": conditions(data)
+            if "vanilla_long" in data["arms"] else {}}
