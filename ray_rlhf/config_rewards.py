@@ -123,7 +123,7 @@ class RMConfig:
     prioritized_tau: float = 0.5
     """Temperature of the prioritized weights' softmax over the batch. With `alpha` 1 this
     default beat tau 1 / alpha 0.5 on the toy's shifted split on 5 of 6 seeds
-    (docs/evidence/rm_methods.md)."""
+    (docs/evidence/history.md)."""
     prioritized_alpha: float = 1.0
     """Share of the prioritized weights in the mix with uniform weights (0: plain BT)."""
     ensemble_members: int = 4
