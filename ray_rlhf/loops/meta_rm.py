@@ -198,8 +198,8 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> MetaRMResult:
         str(Path(policy_dir).resolve()), str(rm_dir), meta, cfg.data.max_response_tokens
     )
     times = []
-    spec = StageProgress("meta-rm", meta.outer_steps, "step", _postfix)
-    with MetricsWriter(run_dir / METRICS_DIR) as writer, StageBar(spec) as bar:
+    progress = StageProgress("meta-rm", meta.outer_steps, "step", _postfix)
+    with MetricsWriter(run_dir / METRICS_DIR) as writer, StageBar(progress) as bar:
         for step in range(learner.step, meta.outer_steps):
             tick = time.perf_counter()
             batches = domain_batches(domains, meta, step, cfg.run.seed)
