@@ -139,6 +139,7 @@ def plot_gold_vs_kl(data: dict[str, Any], out_png: Path) -> Path:
 def write_report(exp: Any, seconds: float) -> dict[str, Any]:
     """Write report.md, <name>.json and gold_vs_kl.png; returns the JSON data."""
     import importlib
+    import importlib.util
 
     data = collect(exp)
     out = exp.run_dir
@@ -146,12 +147,14 @@ def write_report(exp: Any, seconds: float) -> dict[str, Any]:
     public["arms"] = {a: {k: v for k, v in e.items() if k != "curves"}
                       for a, e in data["arms"].items()}
     public["curves"] = {a: e["curves"] for a, e in data["arms"].items()}
-    module = importlib.import_module(f"experiments.{exp.name}")
-    if hasattr(module, "extra_json"):
+    # An experiment may have a module of its own (extra JSON fields, a verdict section).
+    found = importlib.util.find_spec(f"experiments.{exp.name}") is not None
+    module = importlib.import_module(f"experiments.{exp.name}") if found else None
+    if module is not None and hasattr(module, "extra_json"):
         public |= module.extra_json(data)
     (out / f"{exp.name}.json").write_text(json.dumps(public, indent=1))
     plot_gold_vs_kl(data, out / "gold_vs_kl.png")
-    extra = module.verdict(data) if hasattr(module, "verdict") else ""
+    extra = module.verdict(data) if module is not None and hasattr(module, "verdict") else ""
     text = (
         f"# {exp.settings.title or exp.name}\n\n"
         f"Config: `experiments/configs/{exp.name}.yaml`, sha256 `{exp.config_sha256}`"
