@@ -381,49 +381,6 @@ class RLHFConfig:
 
     def __post_init__(self) -> None:
         check_combinations(self)  # checks across sections (config_checks.py)
-        _check(
-            self.data.preferences_path is not None
-            or self.meta.domains_per_step <= len(self.data.toyworld.domains),
-            "meta.domains_per_step",
-            f"must be <= the toy world's {len(self.data.toyworld.domains)} training domains",
-        )
-        self._check_rm_methods()
-
-    def _check_rm_methods(self) -> None:
-        """Cross-section checks of `rm.contrastive` and `rm.meta`."""
-        workers, zero = self.learner.num_workers, self.learner.zero_stage
-        _check(
-            not (self.rm.meta.enabled and zero == 3),
-            "rm.meta.enabled",
-            "MetaRM needs the full parameters on every rank for its ascent step; it is not "
-            "supported with learner.zero_stage=3 (use learner.zero_stage 0, 1 or 2)",
-        )
-        _check(
-            not self.rm.meta.enabled or self.data.meta_responses_path is not None,
-            "data.meta_responses_path",
-            "required when rm.meta.enabled is true (prompts with k policy samples each)",
-        )
-        _check(
-            self.rm.meta.batch_size % workers == 0,
-            "rm.meta.batch_size",
-            f"must be a multiple of learner.num_workers ({workers})",
-        )
-        _check(
-            not (self.rm.contrastive.kind == "swav" and zero == 3),
-            "rm.contrastive.kind",
-            "swav reads its prototypes outside the model's forward, which ZeRO-3 partitions; "
-            "use learner.zero_stage 0, 1 or 2, or kind simcse",
-        )
-        _check(
-            self.rm.contrastive.kind == "none"
-            or self.rm.contrastive.target == "responses"
-            or self.rm.batch_size // workers >= 2,
-            "rm.batch_size",
-            "needs >= 2 pairs per learner worker with rm.contrastive.target=differences "
-            "(the other pairs of the batch are the negatives)",
-        )
-
-
 
 
 # --------------------------------------------------------------------------- loading

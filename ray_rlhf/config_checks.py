@@ -60,6 +60,48 @@ def check_combinations(cfg: RLHFConfig) -> None:
         f"reward actors request together (they would wait forever); set it to {wanted} or more, "
         "or null",
     )
+    check(
+        cfg.data.preferences_path is not None
+        or cfg.meta.domains_per_step <= len(cfg.data.toyworld.domains),
+        "meta.domains_per_step",
+        f"must be <= the toy world's {len(cfg.data.toyworld.domains)} training domains",
+    )
+    check_rm_methods(cfg)
+
+
+def check_rm_methods(cfg: RLHFConfig) -> None:
+    """Cross-section checks of `rm.contrastive` and `rm.meta`."""
+    workers, zero = cfg.learner.num_workers, cfg.learner.zero_stage
+    check(
+        not (cfg.rm.meta.enabled and zero == 3),
+        "rm.meta.enabled",
+        "MetaRM needs the full parameters on every rank for its ascent step; it is not "
+        "supported with learner.zero_stage=3 (use learner.zero_stage 0, 1 or 2)",
+    )
+    check(
+        not cfg.rm.meta.enabled or cfg.data.meta_responses_path is not None,
+        "data.meta_responses_path",
+        "required when rm.meta.enabled is true (prompts with k policy samples each)",
+    )
+    check(
+        cfg.rm.meta.batch_size % workers == 0,
+        "rm.meta.batch_size",
+        f"must be a multiple of learner.num_workers ({workers})",
+    )
+    check(
+        not (cfg.rm.contrastive.kind == "swav" and zero == 3),
+        "rm.contrastive.kind",
+        "swav reads its prototypes outside the model's forward, which ZeRO-3 partitions; "
+        "use learner.zero_stage 0, 1 or 2, or kind simcse",
+    )
+    check(
+        cfg.rm.contrastive.kind == "none"
+        or cfg.rm.contrastive.target == "responses"
+        or cfg.rm.batch_size // workers >= 2,
+        "rm.batch_size",
+        "needs >= 2 pairs per learner worker with rm.contrastive.target=differences "
+        "(the other pairs of the batch are the negatives)",
+    )
 
 
 def check_ppo_batches(cfg: RLHFConfig) -> None:
