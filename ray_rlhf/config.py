@@ -168,6 +168,11 @@ class SFTConfig:
         _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
 
 
+EVAL_SAMPLED_TEMPERATURE = 1.0
+"""Temperature (and top-p 1) of every sampled evaluation (`eval/sampled/*`), whatever
+`rollout.temperature` is: the policy's own distribution, the one KL(pi || pi_ref) measures."""
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     """vLLM rollout actors."""
@@ -243,7 +248,8 @@ class KLConfig:
     coef: float = 0.05
     """Initial (or fixed) KL coefficient beta."""
     estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Per-token KL estimator."""
+    """Per-token KL estimator (k1 only with placement=reward: as a loss term its expected
+    gradient is zero)."""
     placement: Literal["reward", "loss"] = "reward"
     """Subtract beta*KL from per-token rewards, or add it to the policy loss."""
     adaptive: bool = False
@@ -262,6 +268,12 @@ class KLConfig:
         )
         _check(self.target > 0, "target", "must be > 0")
         _check(self.horizon > 0, "horizon", "must be > 0")
+        _check(
+            self.placement != "loss" or self.estimator != "k1",
+            "estimator",
+            "k1 has zero expected gradient as a loss term (it acts only through sampling); "
+            "with placement=loss use k3 (GRPO's choice) or k2",
+        )
 
 
 @dataclass(frozen=True)

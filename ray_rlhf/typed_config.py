@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -37,6 +38,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""Scientific notation that YAML 1.1 leaves a string (`1e-5`, `3E4`)."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against type hint `tp`, converting YAML scalars where lossless."""
     origin = typing.get_origin(tp)
@@ -64,6 +69,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (item_tp, _ellipsis) = typing.get_args(tp)
         return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # PyYAML reads `1e-5` (no dot) as a string
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         check(ok, key, f"expected a number, got {value!r}")
         return float(value)

@@ -19,7 +19,7 @@ import ray
 import ray.train
 import torch
 
-from ray_rlhf.config import RLHFConfig
+from ray_rlhf.config import EVAL_SAMPLED_TEMPERATURE, RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.distributed.checkpointing import (
     copy_final_policy,
@@ -118,7 +118,8 @@ def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet, learner: Any) ->
     pi_ref) per sequence estimated from the samples (summed k1 against the frozen reference).
     """
     out: dict[str, float] = {}
-    for mode, n, temp in (("greedy", 1, 0.0), ("sampled", cfg.rollout.n_samples, 1.0)):
+    sampled = ("sampled", cfg.rollout.n_samples, EVAL_SAMPLED_TEMPERATURE)
+    for mode, n, temp in (("greedy", 1, 0.0), sampled):
         batch = prompts.generate(
             pools["rollout"],
             list(range(len(prompts.ids))),

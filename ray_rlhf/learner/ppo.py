@@ -65,13 +65,76 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
 
 
 def _global_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Whiten over the response tokens of *all* ranks (REINFORCE++'s batch normalization)."""
-    n, s, ss = _all_reduce_sum(
-        [float(mask.sum()), float((x * mask).sum()), float((x * x * mask).sum())]
-    )
+    """Whiten over the response tokens of *all* ranks (REINFORCE++'s batch normalization).
+
+    Two passes in float64 (the global mean, then the global sum of squared deviations):
+    the one-pass E[x^2] - mean^2 in float32 loses the variance when the mean is large
+    (rewards in the thousands).
+
+    Args:
+        x: (N, T) values; mask: (N, T) bool, True where a value counts.
+
+    Returns:
+        (N, T) in x's dtype: (x - mean) / (std + eps) on the mask, 0 elsewhere.
+    """
+    xd = x.double()
+    n, s = _all_reduce_sum([float(mask.sum()), float((xd * mask).sum())])
     mean = s / max(n, 1.0)
-    var = max(ss / max(n, 1.0) - mean * mean, 0.0) * n / max(n - 1, 1.0)
-    return torch.where(mask, (x - mean) / (var**0.5 + eps), torch.zeros_like(x))
+    (ss,) = _all_reduce_sum([float((((xd - mean) * mask) ** 2).sum())])
+    std = (ss / max(n - 1, 1.0)) ** 0.5
+    return torch.where(mask, ((xd - mean) / (std + eps)).to(x.dtype), torch.zeros_like(x))
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one rank cuts its share of an iteration into optimizer steps.
+
+    Every optimizer step (a minibatch of `ppo.minibatch_size` rows over all ranks) is
+    `grad_accum` micro-batches of `micro` rows on every rank; an iteration is a whole number
+    of minibatches, so no accumulation crosses a weight sync and no row is dropped.
+    """
+
+    rows: int
+    """This rank's rows per iteration (prompts_per_iteration x n_samples / world)."""
+    minibatch: int
+    """This rank's rows per optimizer step (minibatch_size / world)."""
+    micro: int
+    """Rows per forward/backward."""
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches per optimizer step."""
+        return self.minibatch // self.micro
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per epoch."""
+        return self.rows // self.minibatch
+
+
+def batch_plan(cfg: RLHFConfig, world: int) -> BatchPlan:
+    """The exact per-rank plan for `cfg` on `world` learners.
+
+    Raises:
+        ValueError: naming the key when the sizes do not cut into whole pieces (the config
+            check rejects these before Ray starts; this guards direct callers).
+    """
+    ppo = cfg.ppo
+    total = ppo.prompts_per_iteration * cfg.rollout.n_samples
+    if ppo.prompts_per_iteration % world or ppo.minibatch_size % world:
+        raise ValueError(
+            f"ppo.prompts_per_iteration ({ppo.prompts_per_iteration}) and ppo.minibatch_size "
+            f"({ppo.minibatch_size}) must be multiples of the {world} learners"
+        )
+    rows, minibatch = total // world, ppo.minibatch_size // world
+    micro = min(ppo.micro_batch_size, minibatch)
+    if rows % minibatch or minibatch % micro:
+        raise ValueError(
+            f"ppo.minibatch_size={ppo.minibatch_size} must divide the {total} samples of an "
+            f"iteration, and ppo.micro_batch_size={ppo.micro_batch_size} its per-learner "
+            f"share ({minibatch})"
+        )
+    return BatchPlan(rows=rows, minibatch=minibatch, micro=micro)
 
 
 class PPOLearner:
@@ -83,9 +146,8 @@ class PPOLearner:
         ppo, world = cfg.ppo, _world()
         dtype = _DTYPES[cfg.model.dtype]
         remote = cfg.model.trust_remote_code
-        per_rank_minibatch = ppo.minibatch_size // world
-        self.micro = min(ppo.micro_batch_size, per_rank_minibatch)
-        self.grad_accum = max(1, per_rank_minibatch // self.micro)
+        self.plan = batch_plan(cfg, world)
+        self.micro, self.grad_accum = self.plan.micro, self.plan.grad_accum
         engine_args = dict(
             weight_decay=0.0,
             total_steps=1,
@@ -208,7 +270,9 @@ class PPOLearner:
 
     # ------------------------------------------------------------------ update
 
-    def _policy_micro_step(self, exp: Experience) -> dict[str, float]:
+    def _policy_micro_step(self, exp: Experience, divisor: float) -> dict[str, float]:
+        """Forward/backward of one micro-batch; the loss is its masked token sum / `divisor`
+        (see `train`). Steps the optimizer when DeepSpeed reaches a boundary."""
         ppo = self.cfg.ppo
         self.policy.train()
         logits = self.policy(
@@ -216,57 +280,89 @@ class PPOLearner:
         ).logits
         logprobs = token_logprobs(logits, exp.input_ids)
         loss, stats = algo.policy_loss(
-            logprobs, exp.old_logprobs, exp.advantages, exp.mask, ppo.clip_eps
+            logprobs, exp.old_logprobs, exp.advantages, exp.mask, ppo.clip_eps,
+            num_tokens=divisor,
         )
         if ppo.kl.placement == "loss":
             loss = loss + self.kl_ctl.value * algo.kl_loss(
-                logprobs, exp.ref_logprobs, exp.mask, ppo.kl.estimator
+                logprobs, exp.ref_logprobs, exp.mask, ppo.kl.estimator, num_tokens=divisor
             )
         self.policy.backward(loss)
         self.policy.step()
         with torch.no_grad():
-            entropy = algo.masked_mean(algo.entropy_from_logits(logits[:, :-1]), exp.mask[:, 1:])
+            entropy = algo.masked_mean(
+                algo.masked_entropy_from_logits(logits[:, :-1], exp.mask[:, 1:]), exp.mask[:, 1:]
+            )
         return {
-            "train/policy_loss": float(loss),
+            "train/policy_loss": float(loss.detach()) * divisor,  # summed; train() divides
             "train/clip_frac": float(stats.clip_fraction),
             "train/approx_kl": float(stats.approx_kl),
+            "train/ratio_mean": float(stats.ratio_mean),
             "train/entropy": float(entropy),
         }
 
-    def _critic_micro_step(self, exp: Experience) -> dict[str, float]:
+    def _critic_micro_step(self, exp: Experience, divisor: float) -> dict[str, float]:
         self.critic.train()
         values = token_values(score_positions(self.critic, exp.input_ids, exp.attention_mask))
         loss, stats = algo.value_loss(
-            values.float(), exp.old_values, exp.returns, exp.mask, self.cfg.ppo.value_clip
+            values.float(), exp.old_values, exp.returns, exp.mask, self.cfg.ppo.value_clip,
+            num_tokens=divisor,
         )
         self.critic.backward(loss)
         self.critic.step()
         return {
-            "train/value_loss": float(loss),
+            "train/value_loss": float(loss.detach()) * divisor,  # summed; train() divides
             "train/value_clip_frac": float(stats.clip_fraction),
         }
 
     def train(self, exp: Experience, *, seed: int) -> dict[str, float]:
-        """`ppo.epochs` passes of shuffled micro-batches; DeepSpeed accumulates gradients
-        over `grad_accum` micro-batches per optimizer step (token-mean loss per micro-batch).
+        """`ppo.epochs` passes over this rank's rows, in shuffled minibatches.
+
+        Each minibatch (`plan.minibatch` rows here, `ppo.minibatch_size` over all ranks) is
+        one optimizer step made of `plan.grad_accum` micro-batches; the rows are a whole
+        number of minibatches (`batch_plan`), so every row is used once per epoch and the
+        last step of the iteration ends at an accumulation boundary.
+
+        Loss reduction: token-mean over the whole minibatch on all ranks. Each micro-batch's
+        masked sum is divided by N_mb / (grad_accum * world), N_mb the minibatch's response
+        tokens summed over ranks; DeepSpeed divides by grad_accum and averages over ranks,
+        so the step's gradient is that of (sum over the minibatch's tokens) / N_mb.
+
+        Returns:
+            Means over micro-batches of the per-micro stats; `train/policy_loss` and
+            `train/value_loss` are this rank's token-means; `train/optimizer_steps` and
+            `train/rows` count this iteration's steps and rows used (all epochs).
         """
+        plan, world = self.plan, _world()
         n = exp.input_ids.shape[0]
-        step_rows = self.micro * self.grad_accum
-        usable = n - n % step_rows if n >= step_rows else n
+        if n != plan.rows:
+            raise ValueError(f"expected {plan.rows} rows on this learner, got {n}")
         gen = torch.Generator().manual_seed(seed)
+        steps_before = self.policy.global_steps
         sums: dict[str, float] = {}
-        count = 0
+        count = tokens_here = 0
         for _ in range(self.cfg.ppo.epochs):
-            order = torch.randperm(n, generator=gen)[:usable]
-            for start in range(0, usable, self.micro):
-                micro = exp.rows(order[start : start + self.micro])
-                stats = self._policy_micro_step(micro)
-                if self.critic is not None:
-                    stats |= self._critic_micro_step(micro)
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-        return {k: v / max(count, 1) for k, v in sums.items()}
+            order = torch.randperm(n, generator=gen).view(plan.steps, plan.minibatch)
+            local = [float(exp.mask[rows].sum()) for rows in order]
+            totals = _all_reduce_sum(local)
+            for rows, total in zip(order, totals, strict=True):
+                divisor = max(total, 1.0) / (plan.grad_accum * world)
+                for micro_rows in rows.split(plan.micro):
+                    micro = exp.rows(micro_rows)
+                    stats = self._policy_micro_step(micro, divisor)
+                    if self.critic is not None:
+                        stats |= self._critic_micro_step(micro, divisor)
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+            tokens_here += sum(local)
+        out = {k: v / count for k, v in sums.items()}
+        for key in ("train/policy_loss", "train/value_loss"):
+            if key in sums:
+                out[key] = sums[key] / max(tokens_here, 1.0)
+        out["train/optimizer_steps"] = float(self.policy.global_steps - steps_before)
+        out["train/rows"] = float(n * self.cfg.ppo.epochs)
+        return out
 
     def update_kl(self, mean_seq_kl: float, n_samples: int) -> None:
         """Advance the (adaptive) KL controller after an iteration."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray_rlhf.config import RLHFConfig
+from ray_rlhf.config import EVAL_SAMPLED_TEMPERATURE, RLHFConfig
 
 
 def evaluate_policy(
     model_dir: str | Path, prompts: list[str], cfg: RLHFConfig, *, seed: int = 0
 ) -> dict[str, float]:
-    """Greedy and sampled true reward of `model_dir` on `prompts` (toy-world ground truth).
+    """Greedy and sampled true reward of `model_dir` on `prompts` (toy-world ground truth);
+    sampled at `EVAL_SAMPLED_TEMPERATURE`, as the PPO trainer's periodic evaluation.
 
     Returns:
         `eval/greedy/<metric>` and `eval/sampled/<metric>` for every metric of
@@ -39,8 +40,8 @@ def evaluate_policy(
             llm,
             prompt_ids,
             n=cfg.rollout.n_samples,
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
+            temperature=EVAL_SAMPLED_TEMPERATURE,
+            top_p=1.0,
             max_tokens=max_tokens,
             seed=seed,
         )

@@ -52,6 +52,11 @@ def test_round_trip_through_yaml(tmp_path):
 
 def test_int_is_accepted_for_float_but_not_the_reverse():
     assert load_config(None, ["ppo.lr=1"]).ppo.lr == 1.0
+    # YAML 1.1 reads `1e-2` (no dot) as a string; it is still the number users mean.
+    assert load_config(None, ["ppo.lr=1e-2"]).ppo.lr == 0.01
+    assert load_config(None, ["ppo.critic_lr=+5E-4"]).ppo.critic_lr == 5e-4
+    with pytest.raises(ConfigError, match=r"ppo\.lr: expected a number, got '1e'"):
+        load_config(None, ["ppo.lr=1e"])
     with pytest.raises(ConfigError, match=r"sft\.steps: expected an integer"):
         load_config(None, ["sft.steps=1.5"])
 
@@ -64,6 +69,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         ("ppo.lr=fast", r"ppo\.lr: expected a number"),
         ("learner.bf16=3", r"learner\.bf16: expected bool"),
         ("ppo.kl.estimator=k4", r"ppo\.kl\.estimator: must be one of \['k1', 'k2', 'k3'\]"),
+        ("ppo.kl.placement=loss", r"ppo\.kl\.estimator: k1 has zero expected gradient"),
         ("learner.zero_stage=5", r"learner\.zero_stage: must be one of \[0, 1, 2, 3\]"),
         ("ppo.kl=3", r"ppo\.kl: expected a mapping"),
         ("sft.steps=0", r"sft\.steps: must be > 0"),

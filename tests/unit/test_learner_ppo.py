@@ -31,3 +31,22 @@ def test_group_range_covers_everything_once():
             assert covered == list(range(groups))
             sizes = [b - a for a, b in spans]
             assert max(sizes) - min(sizes) <= 1
+
+
+def test_global_whiten_keeps_the_variance_at_large_means():
+    """Rewards near 3000 with spread 0.5: E[x^2] - mean^2 in float32 loses the variance
+    (the float32 sum of squares carries ~1e-7 relative error on ~9e6); two passes in float64
+    give the float64 answer."""
+    gen = torch.Generator().manual_seed(0)
+    x64 = 3000.0 + 0.5 * torch.randn(64, 16, generator=gen, dtype=torch.float64)
+    mask = torch.rand(64, 16, generator=gen) > 0.2
+    expected = masked_whiten(x64, mask)
+    got = _global_whiten(x64.float(), mask)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), expected, atol=1e-3)
+    # The one-pass float32 formula this replaced is off by far more.
+    x, m = x64.float(), mask.float()
+    n, s, ss = m.sum(), (x * m).sum(), (x * x * m).sum()
+    one_pass_var = (ss / n - (s / n) ** 2) * n / (n - 1)
+    true_var = x64[mask].var()
+    assert abs(float(one_pass_var) - float(true_var)) > 0.05
