@@ -105,6 +105,33 @@ def test_a_bad_data_file_fails_before_ray_with_one_paragraph(tmp_path, chat_mode
     assert list(ray_tmp.iterdir()) == []  # Ray never started: no session dir
 
 
+def test_a_minibatch_that_does_not_divide_the_iteration_is_refused(
+    tmp_path, chat_model, chat_prompts
+):
+    """8 prompts x 4 samples = 32 rows and ppo.minibatch_size=24: the last step would
+    accumulate into the next iteration (or drop 8 rows). Refused before Ray starts, with the
+    key and a value that fits."""
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    env = os.environ | {"PYTHONPATH": str(ROOT), "RAY_RLHF_RAY_TMP": str(ray_tmp)}
+    argv = [
+        f"run.output_dir={tmp_path}", f"model.path={chat_model}",
+        f"data.prompts_path={chat_prompts}", *_OVERRIDES, "ppo.minibatch_size=24",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_rlhf.cli", "ppo", *argv],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(
+        "ray-rlhf ppo: config error: ppo.minibatch_size: 24 does not divide the "
+        "ppo.prompts_per_iteration x rollout.n_samples = 8 x 4 = 32 samples of an iteration"
+    ), proc.stderr
+    assert "set ppo.minibatch_size=16" in proc.stderr
+    assert list(ray_tmp.iterdir()) == []  # Ray never started
+
+
 def test_a_rule_that_raises_fails_the_run_once_without_a_retry(
     tmp_path, chat_model, chat_prompts, ray_session
 ):
