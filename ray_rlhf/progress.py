@@ -13,6 +13,7 @@ only in a CLI console session (`ray_rlhf.logs.console_active`).
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -115,14 +116,21 @@ class MetricsTail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._offset = path.stat().st_size if path.is_file() else 0
+        stat = path.stat() if path.is_file() else None
+        self._offset = stat.st_size if stat else 0
+        self._inode = stat.st_ino if stat else None
         self._partial = b""
 
     def new_rows(self) -> list[dict[str, Any]]:
-        """The rows appended since the last call (a half-written last line waits)."""
+        """The rows appended since the last call (a half-written last line waits). When a
+        resumed stage rewrote the file (`MetricsWriter(resume_step=...)`), it is read again
+        from the start."""
         if not self.path.is_file():
             return []
         with self.path.open("rb") as f:
+            inode = os.fstat(f.fileno()).st_ino
+            if inode != self._inode:
+                self._inode, self._offset, self._partial = inode, 0, b""
             f.seek(self._offset)
             data = f.read()
         self._offset += len(data)

@@ -242,7 +242,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
         norm = _sync(learner, pools, start, rank).get("train/param_norm", 0.0)
     else:
         norm = _param_norm(learner.policy_state_dict())
-    writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
+    writer = MetricsWriter(config["metrics_dir"], resume_step=start) if rank == 0 else None
     if start == 0 and cfg.ppo.eval_at_start and rank == 0:
         # The starting policy (usually SFT) under the same evaluation: step 0 of the curves.
         writer.log(0, _evaluate(cfg, pools, eval_prompts, learner))

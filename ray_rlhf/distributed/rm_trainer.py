@@ -133,7 +133,7 @@ def rm_train_loop(config: dict[str, Any]) -> None:
         seed=cfg.run.seed,
     )
     start = restore_step(learner, "rm")
-    writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
+    writer = MetricsWriter(config["metrics_dir"], resume_step=start) if rank == 0 else None
     window: list[dict[str, float]] = []
     tick = time.perf_counter()
     for step in range(start, cfg.rm.steps):

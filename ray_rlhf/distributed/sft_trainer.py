@@ -60,7 +60,7 @@ def sft_train_loop(config: dict[str, Any]) -> None:
         micro_batch_per_worker=cfg.sft.batch_size // world,
     )
     start = restore_step(learner, "sft")
-    writer = MetricsWriter(config["metrics_dir"]) if rank == 0 else None
+    writer = MetricsWriter(config["metrics_dir"], resume_step=start) if rank == 0 else None
     window: list[dict[str, float]] = []
     tick = time.perf_counter()
     for step in range(start, cfg.sft.steps):
