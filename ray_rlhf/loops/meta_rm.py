@@ -23,9 +23,7 @@ write `control.yaml.paused` once outer step n is saved and wait until the key ch
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,19 +105,6 @@ def load_domains(
     return domains, tokenize_pairs(held_out, tokenizer, max_length)
 
 
-def _drop_rows_after(metrics_dir: Path, step: int) -> None:
-    """Rewrite `metrics.jsonl` without rows past `step` (logged before a crash, not saved)."""
-    path = metrics_dir / "metrics.jsonl"
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-    if len(kept) != len(lines):
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text("".join(f"{ln}\n" for ln in kept))
-        os.replace(tmp, path)
-
-
 def _maybe_pause(control_path: Path, step: int) -> None:
     """The chaos hook of the module docstring."""
     import yaml
@@ -193,13 +178,13 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> MetaRMResult:
         meta.adapt,
         f"resuming at outer step {learner.step + 1}" if resumed else "starting",
     )
-    _drop_rows_after(run_dir / METRICS_DIR, learner.step)
     spec = AdapterSpec(
         str(Path(policy_dir).resolve()), str(rm_dir), meta, cfg.data.max_response_tokens
     )
     times = []
     progress = StageProgress("meta-rm", meta.outer_steps, "step", _postfix)
-    with MetricsWriter(run_dir / METRICS_DIR) as writer, StageBar(progress) as bar:
+    writer = MetricsWriter(run_dir / METRICS_DIR, resume_step=learner.step)
+    with writer, StageBar(progress) as bar:
         for step in range(learner.step, meta.outer_steps):
             tick = time.perf_counter()
             batches = domain_batches(domains, meta, step, cfg.run.seed)
