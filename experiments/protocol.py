@@ -3,7 +3,8 @@
 An experiment is one YAML file (`experiments/configs/<name>.yaml`):
 
     experiment:        ExperimentConfig (seeds, KL budgets, where shared stages live)
-    arms:              arm name -> dotted overrides on top of the shared sections
+    arms:              arm name -> dotted overrides on top of the shared sections (and
+                       optionally `experiment.reward_model: rm | meta_rm`)
     run: / model: / data: / sft: / rm: / ppo: / ...   the usual RLHFConfig sections
 
 For every seed (which sets `run.seed`, the tiny model's init and the toy world's seed) and
@@ -37,6 +38,9 @@ from ray_rlhf.typed_config import ConfigError, build, check, merge, parse_overri
 log = logging.getLogger(__name__)
 
 BASELINES_FROM_STAGE = "<the baselines stage of this seed>"
+ARM_REWARD_KEY = "experiment.reward_model"
+"""The one arm key that is not a config override: which stage makes the arm's RM."""
+REWARD_STAGES = ("rm", "meta_rm")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class Experiment:
     """Command-line overrides on top of the file (reported; empty for evidence runs)."""
     testbed_sha256: str | None = None
     """sha256 of the testbed config this experiment builds on (`experiment.testbed`)."""
+    arm_reward_models: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Arm -> the stage that makes its reward model (`experiment.reward_model` in the arm):
+    `rm` (the proxy RM, the default) or `meta_rm` (meta-learned from the proxy RM)."""
 
     @property
     def run_dir(self) -> Path:
@@ -119,16 +126,21 @@ def load_experiment(name: str, path: str | Path, overrides: list[str]) -> Experi
     for key in ("max_prompt_tokens", "max_response_tokens"):
         check(getattr(base.data, key) is not None, f"data.{key}",
               "experiments fix the token limits in their config (they key the shared stages)")
-    arms = {}
+    arms, reward_models = {}, {}
     for arm, changes in raw_arms.items():
         check(isinstance(changes, dict | None), f"arms.{arm}", "must be a mapping of overrides")
-        arms[str(arm)] = [f"{k}={json.dumps(v)}" for k, v in (changes or {}).items()]
+        changes = dict(changes or {})
+        reward_models[str(arm)] = changes.pop(ARM_REWARD_KEY, "rm")
+        check(reward_models[str(arm)] in REWARD_STAGES, f"arms.{arm}.{ARM_REWARD_KEY}",
+              f"must be one of {list(REWARD_STAGES)}")
+        arms[str(arm)] = [f"{k}={json.dumps(v)}" for k, v in changes.items()]
         try:
             arm_config(base, arms[str(arm)], settings.seeds[0])
         except ConfigError as exc:
             raise ConfigError(f"arms.{arm}: {exc}") from None
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Experiment(name, settings, base, arms, sha, tuple(overrides), testbed_sha)
+    return Experiment(name, settings, base, arms, sha, tuple(overrides), testbed_sha,
+                      reward_models)
 
 
 def arm_config(base: RLHFConfig, overrides: list[str], seed: int) -> RLHFConfig:
@@ -194,6 +206,8 @@ def run_pair(exp: Experiment, stages: Any, arm: str, seed: int) -> Path:
     cfg = arm_config(exp.base, exp.arms[arm], seed)
     policy = stages.sft_policy(cfg)
     reward_model = stages.reward_model(cfg, policy)
+    if exp.arm_reward_models.get(arm, "rm") == "meta_rm":
+        reward_model = stages.meta_reward_model(cfg, policy, init=reward_model)
     shifted = {k: v for k, v in to_dict(cfg.data.toyworld).items() if k.startswith("shifted_")}
     accuracy_file = reward_model.parent / f"truth_accuracy_{stage_key(shifted)}.json"
     if not accuracy_file.exists():

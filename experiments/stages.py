@@ -23,6 +23,8 @@ from ray_rlhf.typed_config import to_dict
 log = logging.getLogger(__name__)
 
 _SFT_TOY_FIELDS = ("seed", "domains", "min_len", "max_len", "style_token", "n_sft")
+_PPO_TOY_FIELDS = ("ppo_prompts",)
+"""Toy-world fields that only choose PPO's prompts (no stage depends on them)."""
 
 
 def stage_key(parts: dict[str, Any]) -> str:
@@ -45,7 +47,8 @@ def rm_parts(cfg: RLHFConfig) -> dict[str, Any]:
     """The fields that decide the proxy RM: its SFT start, the pairs it trains on (not the
     shifted test split's), the RM section (and the segmentation, which a per-position RM
     trains on)."""
-    toy = {k: v for k, v in to_dict(cfg.data.toyworld).items() if not k.startswith("shifted_")}
+    toy = {k: v for k, v in to_dict(cfg.data.toyworld).items()
+           if not k.startswith("shifted_") and k not in _PPO_TOY_FIELDS}
     rm = to_dict(cfg.rm)
     # Sections of RM methods that are off do not change the RM: leave them out, so adding
     # such a method (with a default of off) keeps the keys of the RMs trained before it.
@@ -116,6 +119,25 @@ class Stages:
             dump_config(cfg, out / "config.yaml")
             result = rm.run(cfg, out, policy)
             mark_done(out, {"eval_accuracy": result.eval_accuracy, "seconds": result.seconds})
+        return out / "reward_model"
+
+    def meta_reward_model(self, cfg: RLHFConfig, policy: Path, init: Path) -> Path:
+        """The meta-learned RM (`ray-rlhf meta-rm`) of `cfg`: phi starts from the proxy RM
+        `init`, pi_ref is the SFT `policy`, the domains are the toy world's training
+        domains (their preference pairs)."""
+        from ray_rlhf.loops import meta_rm
+        from ray_rlhf.loops.common import mark_done
+
+        meta = dataclasses.replace(cfg.meta, rm_init_path=str(init))
+        parts = {"rm": rm_parts(cfg), "meta": to_dict(meta), "run_seed": cfg.run.seed}
+        out = self._dir("meta_rm", parts)
+        if not (out / "DONE.json").exists():
+            log.info("stage meta_rm -> %s", out)
+            cfg = dataclasses.replace(cfg, meta=meta)
+            dump_config(cfg, out / "config.yaml")
+            result = meta_rm.run(cfg, out, policy)
+            mark_done(out, {"eval_accuracy": result.eval_accuracy, "seconds": result.seconds,
+                            "seconds_per_outer_step": result.seconds_per_step})
         return out / "reward_model"
 
     def baselines(self, cfg: RLHFConfig, policy: Path, reward_model: Path) -> Path:

@@ -22,7 +22,8 @@ def eval_points(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
     run that logged a step twice counts it once), sorted by step.
 
     Returns:
-        Dicts with `step`, `true`, `proxy`, `kl`, `style`.
+        Dicts with `step`, `true`, `proxy`, `kl`, `style`, and `true/<domain>` for every
+        toy domain the evaluation prompts cover.
     """
     by_step: dict[int, dict[str, float]] = {}
     for row in rows:
@@ -33,6 +34,8 @@ def eval_points(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
                 "proxy": float(row[PROXY]),
                 "kl": float(row[KL]),
                 "style": float(row[STYLE]),
+                **{f"true/{k.removeprefix(TRUE + '/')}": float(v)
+                   for k, v in row.items() if k.startswith(TRUE + "/")},
             }
     return [by_step[s] for s in sorted(by_step)]
 

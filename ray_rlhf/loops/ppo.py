@@ -38,10 +38,12 @@ MAX_HELD_OUT_PROMPTS = 256
 def load_prompt_sets(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[PromptSet, PromptSet]:
     """Train and eval prompts, validated.
 
-    Train: `data.prompts_path`, else the toy world's train prompts. Eval:
+    Train: `data.prompts_path`, else the toy world's train prompts (or, with
+    `data.toyworld.ppo_prompts=heldout`, half of its held-out domains' prompts). Eval:
     `data.eval_prompts_path`; else, with `data.prompts_path`, a seeded slice of it
     (`data.eval_fraction`, 1 to `MAX_HELD_OUT_PROMPTS` prompts, not trained on); else the
-    toy world's test prompts.
+    toy world's test prompts (with `ppo_prompts=heldout`, the other half of the held-out
+    domains' prompts).
 
     Raises:
         DataValidationError: Naming file, row and field of a bad prompt, or a prompts file
@@ -68,7 +70,11 @@ def load_prompt_sets(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Pr
 
     if data.prompts_path is None:
         toy = toyworld_files(cfg, run_dir)
-        train = prompt_set(load(toy["train_prompts"]), toyworld=True)
+        if data.toyworld.ppo_prompts == "heldout" and data.eval_prompts_path is None:
+            train, held_out = held_out_split(load(toy["heldout_prompts"]), 0.5, cfg.run.seed)
+            return prompt_set(train, toyworld=True), prompt_set(held_out, toyworld=True)
+        source = "heldout_prompts" if data.toyworld.ppo_prompts == "heldout" else "train_prompts"
+        train = prompt_set(load(toy[source]), toyworld=True)
         eval_source = data.eval_prompts_path or toy["test_prompts"]
         return train, prompt_set(load(eval_source), toyworld=data.eval_prompts_path is None)
     train = load(data.prompts_path)

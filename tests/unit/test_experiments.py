@@ -11,6 +11,7 @@ from experiments.summary import eval_points, summarize_arm, truth_accuracies, va
 from ray_rlhf.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
+TRUE_KEY = "eval/sampled/true_reward"
 
 
 def _row(step, true, proxy, kl, style):
@@ -124,3 +125,44 @@ def test_publish_copies_report_json_plot_and_appends_notes(tmp_path):
     publish("x", run_dir, out)
     assert (out / "x.md").read_text() == "# R\n![gold vs KL](x.png)\n\n## Notes\n"
     assert (out / "x.png").read_bytes() == b"png" and (out / "x.json").read_text() == "{}"
+
+
+def test_ood_meta_arms_choose_their_reward_stage_and_prompts():
+    from experiments.stages import rm_parts, stage_key
+
+    exp = load_experiment("ood_meta", ROOT / "experiments/configs/ood_meta.yaml", [])
+    assert exp.arm_reward_models == {"bt_heldout": "rm", "meta_heldout": "meta_rm",
+                                     "bt_train": "rm", "meta_train": "meta_rm"}
+    held = arm_config(exp.base, exp.arms["meta_heldout"], 0)
+    train = arm_config(exp.base, exp.arms["bt_train"], 0)
+    assert (held.data.toyworld.ppo_prompts, train.data.toyworld.ppo_prompts) == (
+        "heldout", "train")
+    # PPO's prompts do not key the proxy RM: all four arms share the seed's RM stage, the
+    # testbed's own (the testbed config gives no ppo_prompts).
+    testbed = load_experiment("testbed", ROOT / "experiments/configs/testbed.yaml", [])
+    vanilla = arm_config(testbed.base, testbed.arms["vanilla"], 0)
+    assert stage_key(rm_parts(held)) == stage_key(rm_parts(train)) == stage_key(
+        rm_parts(vanilla))
+
+
+def test_an_unknown_reward_stage_is_named(tmp_path):
+    path = tmp_path / "x.yaml"
+    limits = "data: {max_prompt_tokens: 32, max_response_tokens: 16}\n"
+    path.write_text(limits + "arms:\n  a: {experiment.reward_model: magic}\n")
+    with pytest.raises(ConfigError, match=r"arms\.a\.experiment\.reward_model: must be one of"):
+        load_experiment("x", path, [])
+
+
+def test_eval_points_and_per_domain_peaks():
+    from experiments.ood_meta import extra_json, per_domain
+
+    rows = [{**_row(0, 0.5, 0.0, 0.0, 0.2), f"{TRUE_KEY}/min": 0.4, f"{TRUE_KEY}/sortd": 0.6},
+            {**_row(3, 0.6, 1.0, 1.0, 0.3), f"{TRUE_KEY}/min": 0.7, f"{TRUE_KEY}/sortd": 0.5},
+            {**_row(6, 0.55, 2.0, 2.0, 0.4), f"{TRUE_KEY}/min": 0.6, f"{TRUE_KEY}/sortd": 0.5}]
+    curve = eval_points(rows)
+    assert curve[1]["true/min"] == 0.7
+    assert per_domain(curve) == {"min": {"sft": 0.4, "peak": 0.7, "final": 0.6},
+                                 "sortd": {"sft": 0.6, "peak": 0.6, "final": 0.5}}
+    data = {"arms": {"a": {"curves": [curve, curve[:2]]}}}
+    assert extra_json(data)["domains"]["a"]["min"] == {
+        "sft": [0.4, 0.4], "peak": [0.7, 0.7], "final": [0.6, 0.7]}

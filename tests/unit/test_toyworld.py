@@ -451,3 +451,21 @@ def test_draw_budget_error_names_size_field() -> None:
             distinct=True,
             size_field="n_test_prompts",
         )
+
+
+def test_ppo_on_held_out_domains_trains_and_evaluates_on_disjoint_halves(tmp_path):
+    from ray_rlhf.config import load_config
+    from ray_rlhf.data.toyworld import parse_prompt
+    from ray_rlhf.loops.common import prepare_base_model
+    from ray_rlhf.loops.ppo import load_prompt_sets
+    from ray_rlhf.models.builders import load_tokenizer
+
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "data.toyworld.ppo_prompts=heldout",
+                             "data.max_prompt_tokens=32", "data.max_response_tokens=16"])
+    tokenizer = load_tokenizer(prepare_base_model(cfg, tmp_path))
+    train, held_out = load_prompt_sets(cfg, tmp_path, tokenizer)
+    assert len(train.ids) == len(held_out.ids) == cfg.data.toyworld.n_heldout_prompts // 2
+    assert not set(train.ids) & set(held_out.ids)
+    assert train.toyworld and held_out.toyworld  # scored against the truth
+    domains = {parse_prompt(p).domain for p in [*train.texts, *held_out.texts]}
+    assert domains == set(cfg.data.toyworld.held_out_domains)

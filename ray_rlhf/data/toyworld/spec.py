@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
 """The ten digit words, in numeric order."""
@@ -114,6 +115,11 @@ class ToyWorldConfig:
     """Each pair response draws a step error rate uniformly from [0, this]."""
     pair_length_error_rate: float = 0.1
     """Probability that a pair response drops its last step or gains an extra one."""
+    ppo_prompts: Literal["train", "heldout"] = "train"
+    """Prompts PPO trains and evaluates on (no split changes): `train`, the training
+    domains' train prompts, evaluated on their test prompts; `heldout`, the held-out
+    domains' prompts, halved by a seeded shuffle (PPO trains on one half and evaluates on
+    the other): RL on domains that no SFT or preference data covered."""
 
     def __post_init__(self) -> None:
         """Normalize sequences to tuples and validate every field.
@@ -123,6 +129,8 @@ class ToyWorldConfig:
         """
         for name in ("domains", "held_out_domains"):
             object.__setattr__(self, name, _as_domain_tuple(name, getattr(self, name)))
+        if self.ppo_prompts not in ("train", "heldout"):
+            raise ValueError(f"ppo_prompts must be 'train' or 'heldout', got {self.ppo_prompts!r}")
         self._check_domains()
         self._check_numbers()
         self._check_style_token()
