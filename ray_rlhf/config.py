@@ -124,8 +124,10 @@ class LearnerConfig:
     """CPUs each worker requests; also its torch / OpenMP thread count."""
     use_gpu: bool = False
     """One GPU per worker and NCCL instead of gloo."""
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    """DeepSpeed ZeRO stage."""
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    """DeepSpeed ZeRO stage; null (default) picks 0 for one learner (nothing to shard, and
+    ZeRO's buffers cost memory and time) and 2 for several. The chosen stage is stored in
+    the run's config.yaml and printed at start."""
     bf16: bool = False
     """bf16 mixed precision (ZeRO stages 0, 2, 3 on CPU)."""
     grad_clip: float = 1.0
@@ -135,6 +137,8 @@ class LearnerConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        if self.zero_stage is None:
+            object.__setattr__(self, "zero_stage", 0 if self.num_workers == 1 else 2)
         _check(self.cpus_per_worker >= 1, "cpus_per_worker", "must be >= 1")
         _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         _check(self.max_failures >= -1, "max_failures", "must be >= 0 (or -1: unlimited)")

@@ -158,7 +158,7 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> PPOResult:
         check_baselines(cfg, [prompts, eval_prompts])
     logger.info(
         "ppo: %d prompts (%d held out), %d iterations of %d x %d samples, advantage %s, "
-        "%d rollout / %d reward actor(s), %d learners",
+        "%d rollout / %d reward actor(s), %d learners, ZeRO-%d",
         len(prompts.ids),
         len(eval_prompts.ids),
         cfg.ppo.iterations,
@@ -168,6 +168,7 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> PPOResult:
         cfg.rollout.num_actors,
         cfg.reward.num_actors,
         cfg.learner.num_workers,
+        cfg.learner.zero_stage,
     )
     pools = start_pools(cfg, policy_dir)
     try:

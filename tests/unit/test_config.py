@@ -236,3 +236,13 @@ def test_rm_contrastive_and_meta_sections():
 def test_rm_contrastive_and_meta_errors_name_the_key(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, overrides)
+
+
+def test_zero_stage_defaults_to_0_for_one_learner_and_2_for_several():
+    assert load_config(None, ["learner.num_workers=1"]).learner.zero_stage == 0
+    assert load_config(None, ["learner.num_workers=2"]).learner.zero_stage == 2
+    explicit = load_config(None, ["learner.num_workers=1", "learner.zero_stage=2"])
+    assert explicit.learner.zero_stage == 2
+    # The stored config holds the chosen stage, so a resumed run keeps it.
+    cfg = load_config(None, ["learner.num_workers=1"])
+    assert to_dict(cfg)["learner"]["zero_stage"] == 0
