@@ -7,6 +7,7 @@ groups, so group baselines (RLOO / GRPO) see whole groups. All math comes from
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,12 @@ class Experience:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     mask: torch.Tensor  # True on response tokens
-    old_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None  # None: the training forward's own (see make_experience)
     ref_logprobs: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor | None
     old_values: torch.Tensor | None
+    sample_logprobs: torch.Tensor  # the sampler's (vLLM's), for train/logprob_diff
 
     def rows(self, idx: torch.Tensor) -> Experience:
         """The rows `idx`, trimmed to their longest sequence."""
@@ -137,6 +139,15 @@ def batch_plan(cfg: RLHFConfig, world: int) -> BatchPlan:
     return BatchPlan(rows=rows, minibatch=minibatch, micro=micro)
 
 
+def _logprob_diff(lp: torch.Tensor, sample_lp: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Mean and max |learner - sampler| logprob over response tokens (all (N, T))."""
+    diff = (lp - sample_lp).abs() * mask
+    return {
+        "train/logprob_diff": float(diff.sum() / mask.sum().clamp(min=1)),
+        "train/logprob_diff_max": float(diff.max()),
+    }
+
+
 class PPOLearner:
     """Holds the policy engine, the critic engine (GAE only) and the frozen reference."""
 
@@ -148,6 +159,9 @@ class PPOLearner:
         remote = cfg.model.trust_remote_code
         self.plan = batch_plan(cfg, world)
         self.micro, self.grad_accum = self.plan.micro, self.plan.grad_accum
+        # One epoch of one minibatch: every micro-batch runs before the iteration's only
+        # optimizer step, so the old logprobs are the training forward's own (exactly).
+        self.old_logprobs_from_training = ppo.epochs == 1 and self.plan.steps == 1
         engine_args = dict(
             weight_decay=0.0,
             total_steps=1,
@@ -223,9 +237,16 @@ class PPOLearner:
         batch, ppo = scored.rollout, self.cfg.ppo
         ids, attn, mask = batch.input_ids, batch.attention_mask, batch.response_mask
         self.policy.eval()
-        old_lp = self._logprobs(self.policy, ids, attn)
+        # With one epoch of one minibatch the policy does not change before its only
+        # optimizer step, so the training forward's detached logprobs are the old ones
+        # (ratio exactly 1): skip this forward, and take the KL penalty's log pi from the
+        # sampler (the same weights; `train/logprob_diff` measures the numeric gap).
+        old_lp = None if self.old_logprobs_from_training else self._logprobs(
+            self.policy, ids, attn
+        )
+        behaviour_lp = batch.sample_logprobs if old_lp is None else old_lp
         ref_lp = self._logprobs(self.reference, ids, attn)
-        kl = algo.kl_estimate(old_lp, ref_lp, ppo.kl.estimator) * mask
+        kl = algo.kl_estimate(behaviour_lp, ref_lp, ppo.kl.estimator) * mask
         beta = self.kl_ctl.value if ppo.kl.placement == "reward" else 0.0
         rewards = scored.token_rewards
         if ppo.whiten_rewards:
@@ -253,19 +274,21 @@ class PPOLearner:
         # group baselines); its variance across each prompt's samples (docs/algorithms.md §2).
         seq_adv_mean = algo.masked_mean(advantages, mask, dim=1)
         adv_var = within_prompt_variance(seq_adv_mean, batch.n_samples)
-        lp_diff = (old_lp - batch.sample_logprobs).abs() * mask
         stats = {
             "train/kl": float(seq_kl.mean()),
             "train/kl_coef": float(self.kl_ctl.value),
-            "train/logprob_diff": float(lp_diff.sum() / mask.sum().clamp(min=1)),
-            "train/logprob_diff_max": float(lp_diff.max()),
             "train/adv_var_within_prompt": float(adv_var),
             # The same before the batch whitening of gae / reinforce_pp (the signal itself).
             "train/adv_var_within_prompt_unwhitened": float(
                 within_prompt_variance(algo.masked_mean(raw_adv, mask, dim=1), batch.n_samples)
             ),
         }
-        exp = Experience(ids, attn, mask, old_lp, ref_lp, advantages.float(), returns, values)
+        if old_lp is not None:
+            stats |= _logprob_diff(old_lp, batch.sample_logprobs, mask)
+        exp = Experience(
+            ids, attn, mask, old_lp, ref_lp, advantages.float(), returns, values,
+            batch.sample_logprobs,
+        )
         return exp, stats
 
     # ------------------------------------------------------------------ update
@@ -279,9 +302,9 @@ class PPOLearner:
             input_ids=exp.input_ids, attention_mask=exp.attention_mask.long()
         ).logits
         logprobs = token_logprobs(logits, exp.input_ids)
+        old = exp.old_logprobs if exp.old_logprobs is not None else logprobs.detach()
         loss, stats = algo.policy_loss(
-            logprobs, exp.old_logprobs, exp.advantages, exp.mask, ppo.clip_eps,
-            num_tokens=divisor,
+            logprobs, old, exp.advantages, exp.mask, ppo.clip_eps, num_tokens=divisor
         )
         if ppo.kl.placement == "loss":
             loss = loss + self.kl_ctl.value * algo.kl_loss(
@@ -293,7 +316,10 @@ class PPOLearner:
             entropy = algo.masked_mean(
                 algo.masked_entropy_from_logits(logits[:, :-1], exp.mask[:, 1:]), exp.mask[:, 1:]
             )
-        return {
+        extra = {}
+        if exp.old_logprobs is None:
+            extra = _logprob_diff(logprobs.detach(), exp.sample_logprobs, exp.mask)
+        return extra | {
             "train/policy_loss": float(loss.detach()) * divisor,  # summed; train() divides
             "train/clip_frac": float(stats.clip_fraction),
             "train/approx_kl": float(stats.approx_kl),
@@ -353,10 +379,11 @@ class PPOLearner:
                     if self.critic is not None:
                         stats |= self._critic_micro_step(micro, divisor)
                     for k, v in stats.items():
-                        sums[k] = sums.get(k, 0.0) + v
+                        merge = max if k.endswith("_max") else operator.add
+                        sums[k] = merge(sums[k], v) if k in sums else v
                     count += 1
             tokens_here += sum(local)
-        out = {k: v / count for k, v in sums.items()}
+        out = {k: v if k.endswith("_max") else v / count for k, v in sums.items()}
         for key in ("train/policy_loss", "train/value_loss"):
             if key in sums:
                 out[key] = sums[key] / max(tokens_here, 1.0)

@@ -17,7 +17,7 @@ def test_global_whiten_equals_masked_whiten_on_one_rank():
 def test_experience_rows_trims_to_longest():
     attn = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
     t = torch.arange(12.0).view(3, 4)
-    exp = Experience(t.long(), attn, attn, t, t, t, None, None)
+    exp = Experience(t.long(), attn, attn, t, t, t, None, None, t)
     sub = exp.rows(torch.tensor([1, 0]))
     assert sub.input_ids.tolist() == [[4, 5, 6], [0, 1, 2]]
     assert sub.returns is None

@@ -123,21 +123,42 @@ def test_steps_rows_and_a_first_step_at_ratio_one(tmp_path, model_dir):
     assert learner.train(exp, seed=1)["train/optimizer_steps"] == 4
 
 
-def test_one_minibatch_sees_ratio_one_until_its_step(tmp_path, model_dir):
-    """All 4 micro-batches of the only minibatch run before the single optimizer step, so
-    every ratio is exactly pi_old / pi_old; with 2 minibatches the second one is off-policy."""
-    one = _learner(tmp_path, model_dir, "ppo.minibatch_size=16", "ppo.micro_batch_size=4")
-    exp, _ = one.make_experience(_scored_batch(model_dir))
-    out = one.train(exp, seed=0)
-    assert out["train/optimizer_steps"] == 1
-    assert out["train/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
-    assert out["train/approx_kl"] == pytest.approx(0.0, abs=1e-7)
-    two = _learner(
-        tmp_path, model_dir, "ppo.minibatch_size=8", "ppo.micro_batch_size=4", "ppo.lr=1e-2"
-    )
+def _hook_grads(learner, exp, name: str) -> list[torch.Tensor]:
+    """The gradient contributions of each micro-batch to parameter `name` during train."""
+    param = dict(learner.policy.module.named_parameters())[name]
+    seen: list[torch.Tensor] = []
+    handle = param.register_hook(lambda g: seen.append(g.detach().clone()))
+    out = learner.train(exp, seed=0)
+    handle.remove()
+    return seen, out
+
+
+def test_one_minibatch_skips_the_old_logprob_forward_exactly(tmp_path, model_dir):
+    """One epoch of one minibatch: all 4 micro-batches run before the only optimizer step,
+    so the old logprobs are the training forward's; skipping the separate forward gives the
+    same gradients as computing it, and the logprob gap to the sampler is still logged."""
+    name = "model.layers.0.self_attn.q_proj.weight"
+    grads = {}
+    for skip in (True, False):
+        learner = _learner(tmp_path, model_dir, "ppo.kl.coef=0")
+        assert learner.old_logprobs_from_training
+        learner.old_logprobs_from_training = skip
+        exp, stats = learner.make_experience(_scored_batch(model_dir))
+        assert (exp.old_logprobs is None) == skip
+        grads[skip], out = _hook_grads(learner, exp, name)
+        assert out["train/optimizer_steps"] == 1
+        assert out["train/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+        assert out["train/approx_kl"] == pytest.approx(0.0, abs=1e-7)
+        # Logged by make_experience, or by train when it has the old logprobs.
+        assert (stats | out)["train/logprob_diff_max"] > 0  # the fake sampler's are 0
+    assert len(grads[True]) == len(grads[False]) == 4
+    for a, b in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+    two = _learner(tmp_path, model_dir, "ppo.minibatch_size=8", "ppo.lr=1e-2")
+    assert not two.old_logprobs_from_training
     exp, _ = two.make_experience(_scored_batch(model_dir))
     out = two.train(exp, seed=0)
-    assert out["train/approx_kl"] > 1e-6
+    assert out["train/approx_kl"] > 1e-6  # the second minibatch is off-policy
 
 
 def test_accumulated_gradient_is_the_minibatch_token_mean(tmp_path, model_dir):
@@ -147,14 +168,11 @@ def test_accumulated_gradient_is_the_minibatch_token_mean(tmp_path, model_dir):
     from ray_rlhf.algo.tokens import token_logprobs
     from ray_rlhf.models.builders import load_policy
 
-    learner = _learner(tmp_path, model_dir, "ppo.minibatch_size=16", "ppo.micro_batch_size=4")
+    learner = _learner(tmp_path, model_dir)
+    learner.old_logprobs_from_training = False  # compare against explicit old logprobs
     exp, _ = learner.make_experience(_scored_batch(model_dir))
     name = "model.layers.0.self_attn.q_proj.weight"
-    param = dict(learner.policy.module.named_parameters())[name]
-    seen: list[torch.Tensor] = []
-    handle = param.register_hook(lambda g: seen.append(g.detach().clone()))
-    learner.train(exp, seed=0)
-    handle.remove()
+    seen, _ = _hook_grads(learner, exp, name)
     assert len(seen) == 4
     accumulated = torch.stack(seen).sum(0)
 
