@@ -205,6 +205,10 @@ class RolloutConfig:
     ignore_eos: bool = False
     """Keep sampling past EOS up to the length limit, so every response has exactly
     `data.max_response_tokens` tokens (benchmarks: equal work across systems)."""
+    resize_timeout_s: float = 300.0
+    """How long growing the pool (control.yaml `rollout_actors`) waits for the new actors to
+    be placed and start (an autoscaler may first add a node). Past it they are cancelled and
+    the run goes on at its current size, saying so once in the console and metrics."""
 
     def __post_init__(self) -> None:
         _check(self.num_actors >= 1, "num_actors", "must be >= 1")
@@ -212,6 +216,7 @@ class RolloutConfig:
         _check(self.temperature >= 0, "temperature", "must be >= 0")
         _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _check(self.kv_cache_mib >= 1, "kv_cache_mib", "must be >= 1")
+        _check(self.resize_timeout_s > 0, "resize_timeout_s", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ray_rlhf.logs import console_active, console_out
+from ray_rlhf.logs import console_active, console_out, console_print
 
 Row = Mapping[str, Any]
 """One metrics row: `step` plus namespaced metrics (`train/loss`)."""
 
 POLL_S = 0.5
 """How often the driver reads new rows (and redraws the elapsed time)."""
+
+
+NOTICE_KEY = "events/notice"
+"""A metrics row's text for people (an operational event); the driver prints it once."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,8 @@ def follow_metrics(spec: StageProgress | None, metrics_dir: Path) -> Iterator[No
 
     def show_new_rows() -> None:
         for row in tail.new_rows():
+            if NOTICE_KEY in row:  # one line above the bar, e.g. a resize that was not placed
+                console_print(f"{spec.name} step {row['step']}: {row[NOTICE_KEY]}")
             bar.show(int(row["step"]), row)
 
     def poll() -> None:

@@ -26,9 +26,10 @@ from ray_rlhf.distributed.checkpointing import (
     report_checkpoint,
     restore_latest,
 )
+from ray_rlhf.distributed.rollout_pool import PlacementTimeout
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
-from ray_rlhf.progress import Row, StageProgress, metrics_postfix
+from ray_rlhf.progress import NOTICE_KEY, Row, StageProgress, metrics_postfix
 from ray_rlhf.reward.segments import segment_batch_metrics
 from ray_rlhf.types import RolloutBatch, ScoredBatch, group_range, select_groups
 
@@ -151,12 +152,26 @@ def _apply_control(pools: dict, control_path: Path) -> dict[str, float]:
         except (yaml.YAMLError, AttributeError) as exc:
             logger.warning("ppo: ignoring unreadable %s: %s", control_path, exc)
             wanted = None
-        if isinstance(wanted, int) and wanted >= 1 and wanted != pool.size:
+        if wanted == _UNPLACED.get(control_path):
+            pass  # tried and could not be placed; waits for another value
+        elif isinstance(wanted, int) and wanted >= 1 and wanted != pool.size:
             logger.info("ppo: resizing rollout pool %d -> %d", pool.size, wanted)
-            pool.resize(wanted)
+            try:
+                pool.resize(wanted)
+            except PlacementTimeout as exc:
+                _UNPLACED[control_path] = wanted
+                notice = f"rollout pool stays at {pool.size} actor(s): {exc}"
+                logger.warning("ppo: %s", notice)
+                return {"rollout/actors": float(pool.size), "faults/resize_unplaced": 1.0,
+                        NOTICE_KEY: notice}
         elif wanted is not None and not (isinstance(wanted, int) and wanted >= 1):
             logger.warning("ppo: %s: rollout_actors must be an int >= 1", control_path)
     return {"rollout/actors": float(pool.size)}
+
+
+_UNPLACED: dict[Path, int] = {}
+"""Per control file, the pool size a resize could not place (not retried until it changes).
+Lives in rank 0's process; a restarted worker group tries once more."""
 
 
 def _maybe_inject_failure(control_path: Path, it: int, rank: int) -> None:

@@ -53,6 +53,10 @@ autoscaler adds rollout nodes); CPUs / GPUs limit how many actors fit on a node.
 _RESTART_WAIT_S = 300.0
 
 
+
+class PlacementTimeout(RuntimeError):
+    """New pool actors could not be placed in time; the pool kept its size."""
+
 class RolloutActor:
     """Actor body: a `RolloutWorker` and the receiving ends of both weight transports."""
 
@@ -288,11 +292,16 @@ class RolloutPool:
 
     def resize(self, num_actors: int) -> None:
         """Grow (new actors serve the current weights before they take work) or shrink
-        (the last actors' engines are shut down, then the actors are killed)."""
+        (the last actors' engines are shut down, then the actors are killed).
+
+        Raises:
+            PlacementTimeout: the new actors did not start within `resize_timeout_s` (the
+                cluster has no room and no autoscaler added any); the pool is unchanged.
+        """
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         if num_actors > self.size:
-            self._add_actors(num_actors - self.size)
+            self._add_actors(num_actors - self.size, timeout_s=self.cfg.resize_timeout_s)
         elif num_actors < self.size:
             removed, self._actors = self._actors[num_actors:], self._actors[:num_actors]
             self._stop(removed)
@@ -313,16 +322,34 @@ class RolloutPool:
         )
         return options
 
-    def _add_actors(self, count: int) -> None:
+    def _add_actors(self, count: int, timeout_s: float | None = None) -> None:
         remote_cls = ray.remote(RolloutActor).options(**self._actor_options())
         new = [remote_cls.remote(*self._actor_args, **self._actor_kwargs) for _ in range(count)]
+        refs = [a.weights_version.remote() for a in new]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(ready) < len(refs):
+            started = [a for a, r in zip(new, refs, strict=True) if r in ready]
+            self._stop(started)
+            for actor in new:  # not placed (or still starting): cancel without waiting
+                ray.kill(actor, no_restart=True)
+            raise PlacementTimeout(
+                f"{len(refs) - len(ready)} of {count} new rollout actor(s) did not start within "
+                f"rollout.resize_timeout_s={timeout_s:g} s: the cluster has no free "
+                f"{self._placement_needs()} and no autoscaler added a node"
+            )
         try:
-            ray.get([a.weights_version.remote() for a in new])  # engines are up
+            ray.get(refs)  # engines are up (raises what an actor's start raised)
             self._catch_up(new)
         except Exception:
             self._stop(new)  # e.g. an unreadable model dir: leave no actors behind
             raise
         self._actors.extend(new)
+
+    def _placement_needs(self) -> str:
+        """What one actor asks the scheduler for, e.g. `CPU: 1, rollout: 0.01`."""
+        opts = self._actor_options()
+        needs = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **opts["resources"]}
+        return ", ".join(f"{k}: {v:g}" for k, v in needs.items() if v)
 
     @staticmethod
     def _stop(actors: list[Any]) -> None:

@@ -114,6 +114,30 @@ def test_resume_continues_from_saved_state(two_iterations, base_model):
     assert third["train/logprob_diff_max"] < 1e-4
 
 
+def test_a_resize_that_cannot_be_placed_is_reported_and_the_run_goes_on(
+    tmp_path, base_model, ray_session
+):
+    """The session cluster has 6 CPUs: 2 learners + a 3-CPU rollout actor + the reward actor
+    fill it, so growing the pool to 2 can never be placed. After rollout.resize_timeout_s
+    the run says so once (metrics + notice), keeps 1 actor and is not retried."""
+    from ray_rlhf.loops import ppo
+
+    cfg = _cfg(tmp_path, "ppo.iterations=2", "rollout.cpus_per_actor=3",
+               "rollout.resize_timeout_s=3")
+    cfg, run_dir = _prepare(cfg, base_model)
+    (run_dir / "control.yaml").write_text("rollout_actors: 2\n")
+    result = ppo.run(cfg, run_dir, base_model)
+    rows = read_metrics(result.metrics_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["rollout/actors"] for r in rows] == [1, 1]
+    assert rows[0]["faults/resize_unplaced"] == 1
+    assert rows[0]["events/notice"].startswith(
+        "rollout pool stays at 1 actor(s): 1 of 1 new rollout actor(s) did not start within "
+        "rollout.resize_timeout_s=3 s: the cluster has no free CPU: 3"
+    )
+    assert "faults/resize_unplaced" not in rows[1]  # not retried for the same size
+
+
 def test_gae_critic_zero3_broadcast_sync(tmp_path, base_model, ray_session):
     """The other code paths: critic + GAE, ZeRO-3 gathers, the gloo broadcast transport,
     adaptive KL in the loss."""
