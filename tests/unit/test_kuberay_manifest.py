@@ -242,13 +242,14 @@ def _ray_pin() -> SpecifierSet:
 
 
 def image_problems(job: Job, cluster: Cluster) -> list[str]:
-    """One image everywhere: cluster.yaml's, with the Ray that pyproject.toml pins."""
+    """Every Ray container runs cluster.yaml's image, with the Ray that pyproject.toml pins
+    (sidecars may run other images)."""
     problems = []
     want = cluster["docker"]["image"]
     for name, group in _pods(job).items():
-        for container in group["template"]["spec"]["containers"]:
-            if container.get("image") != want:
-                problems.append(f"{name}: image {container.get('image')} != cluster.yaml's {want}")
+        image = _ray_container(group).get("image")
+        if image != want:
+            problems.append(f"{name}: image {image} != cluster.yaml's {want}")
     match = re.fullmatch(r"[\w./-]+:(\d+\.\d+\.\d+)-py(\d)(\d+)(-\w+)?", want)
     if not match:
         return [*problems, f"cannot read Ray / Python versions from the image {want!r}"]
