@@ -16,18 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from cluster_configs import POOL_RESOURCES, ROOT, drop_at, load_cluster_yaml, set_at
 
-ROOT = Path(__file__).resolve().parents[2]
-CLUSTER_YAML = ROOT / "cluster.yaml"
-
-# Custom resources that the pools / Ray Train workers request (docs/cluster.md).
-POOL_RESOURCES = ("rollout", "learner")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-def load() -> dict[str, Any]:
-    return yaml.safe_load(CLUSTER_YAML.read_text())
 
 
 # ----------------------------------------------------------------------------- checks
@@ -175,7 +166,7 @@ CHECKS = (
     dashboard_and_auth_problems,
     setup_problems,
 )
-_REAL = load()
+_REAL = load_cluster_yaml()
 
 
 # ------------------------------------------------------------------------------ tests
@@ -228,28 +219,6 @@ def test_pool_resources_live_on_separately_scaled_gpu_types():
     assert _REAL["available_node_types"][_REAL["head_node_type"]]["resources"] == {"CPU": 0}
 
 
-def _set(path: str, value: Any):
-    def mutate(config: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        node = config
-        for key in parents:
-            node = node[key]
-        node[last] = value
-
-    return mutate
-
-
-def _drop(path: str):
-    def mutate(config: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        node = config
-        for key in parents:
-            node = node[key]
-        del node[last]
-
-    return mutate
-
-
 def _replace_in(key: str, old: str, new: str):
     def mutate(config: dict[str, Any]) -> None:
         config[key] = [c.replace(old, new) for c in config[key]]
@@ -259,30 +228,30 @@ def _replace_in(key: str, old: str, new: str):
 
 _T = "available_node_types"
 BROKEN = {
-    "unknown top-level key": _set("max_wrokers", 3),
-    "fractional resource": _set(f"{_T}.rollout_gpu.resources.GPU", 0.5),
-    "node type without node_config": _drop(f"{_T}.learner_gpu.node_config"),
-    "head type missing": _set("head_node_type", "nope"),
-    "head with a GPU": _set(f"{_T}.head_cpu.resources", {"GPU": 1}),
-    "head with rollout": _set(f"{_T}.head_cpu.resources", {"CPU": 0, "rollout": 1}),
-    "no rollout type": _set(f"{_T}.rollout_gpu.resources", {"GPU": 1}),
-    "learner without GPU": _set(f"{_T}.learner_gpu.resources", {"learner": 4}),
-    "learner count != GPUs": _set(f"{_T}.learner_gpu.resources", {"GPU": 4, "learner": 1}),
-    "min > max": _set(f"{_T}.rollout_gpu.min_workers", 9),
+    "unknown top-level key": set_at("max_wrokers", 3),
+    "fractional resource": set_at(f"{_T}.rollout_gpu.resources.GPU", 0.5),
+    "node type without node_config": drop_at(f"{_T}.learner_gpu.node_config"),
+    "head type missing": set_at("head_node_type", "nope"),
+    "head with a GPU": set_at(f"{_T}.head_cpu.resources", {"GPU": 1}),
+    "head with rollout": set_at(f"{_T}.head_cpu.resources", {"CPU": 0, "rollout": 1}),
+    "no rollout type": set_at(f"{_T}.rollout_gpu.resources", {"GPU": 1}),
+    "learner without GPU": set_at(f"{_T}.learner_gpu.resources", {"learner": 4}),
+    "learner count != GPUs": set_at(f"{_T}.learner_gpu.resources", {"GPU": 4, "learner": 1}),
+    "min > max": set_at(f"{_T}.rollout_gpu.min_workers", 9),
     "min sum > global max": lambda c: (
-        _set("max_workers", 8)(c),
-        _set(f"{_T}.rollout_gpu.min_workers", 8)(c),
-        _set(f"{_T}.learner_gpu.min_workers", 1)(c),
+        set_at("max_workers", 8)(c),
+        set_at(f"{_T}.rollout_gpu.min_workers", 8)(c),
+        set_at(f"{_T}.learner_gpu.min_workers", 1)(c),
     ),
-    "no idle timeout": _drop("idle_timeout_minutes"),
+    "no idle timeout": drop_at("idle_timeout_minutes"),
     "public dashboard": _replace_in("head_start_ray_commands", "127.0.0.1", "0.0.0.0"),
     "default dashboard host": _replace_in(
         "head_start_ray_commands", "--dashboard-host=127.0.0.1", ""
     ),
     "no token auth on workers": _replace_in("worker_start_ray_commands", "RAY_AUTH_MODE", "X"),
-    "token not shipped": _set("file_mounts", {"~/ray_rlhf": "."}),
+    "token not shipped": set_at("file_mounts", {"~/ray_rlhf": "."}),
     "cpu vllm": _replace_in("setup_commands", ".[gpu]", ".[cpu]"),
-    "torch after project": _set(
+    "torch after project": set_at(
         "setup_commands", ['pip install -e ".[gpu]"', "pip install torch==2.13.0"]
     ),
 }
