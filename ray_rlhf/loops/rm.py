@@ -210,13 +210,20 @@ def load_rm_tensors(
     return pairs
 
 
+def start_dir(cfg: RLHFConfig, policy_dir: Path) -> Path:
+    """The model RM training starts from: `rm.init_path` (a reward model, continued) or
+    `policy_dir` (a fresh head on the policy backbone)."""
+    return Path(cfg.rm.init_path) if cfg.rm.init_path is not None else policy_dir
+
+
 def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
-    """Train a reward model from `policy_dir` as a Ray Train run; Ray must be initialized and
-    `cfg` must have passed `preflight`."""
+    """Train a reward model from `policy_dir` (or continue `rm.init_path`) as a Ray Train
+    run; Ray must be initialized and `cfg` must have passed `preflight`."""
     from ray_rlhf.distributed.rm_trainer import run_rm_trainer
     from ray_rlhf.models.checkpoint import METADATA_FILE, load_json
 
     start = time.perf_counter()
+    init_dir = start_dir(cfg, policy_dir)  # same vocabulary as the policy (preflight)
     train, held_out = load_rm_tensors(cfg, run_dir, policy_dir)
     meta = load_meta_tensors(cfg, policy_dir)
     n, width = train["chosen_input_ids"].shape
@@ -233,8 +240,10 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
         cfg.learner.zero_stage,
         _methods(cfg, meta),
     )
+    if cfg.rm.init_path is not None:
+        logger.info("rm: continuing the reward model %s", init_dir)
     out = run_rm_trainer(
-        cfg, model_dir=policy_dir, train=train, eval=held_out, run_dir=run_dir, meta=meta
+        cfg, model_dir=init_dir, train=train, eval=held_out, run_dir=run_dir, meta=meta
     )
     if cfg.rm.head == "per_position":  # fit + store the location-aware normalizer
         from ray_rlhf.loops.segment_normalizer import fit_and_store, rl_prompt_texts
