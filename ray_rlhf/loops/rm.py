@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ray_rlhf.config import RLHFConfig, requested_cpus
+from ray_rlhf.config import ConfigError, RLHFConfig, requested_cpus
 from ray_rlhf.loops.common import prepare_base_model, toyworld_files
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,11 @@ def load_meta_tensors(cfg: RLHFConfig, base_dir: Path) -> dict[str, torch.Tensor
     from ray_rlhf.data.meta_responses import load_meta_responses
     from ray_rlhf.models.builders import load_tokenizer
 
-    assert cfg.data.meta_responses_path is not None  # RLHFConfig checks this
+    if cfg.data.meta_responses_path is None:  # RLHFConfig checks this, except under iterate
+        raise ConfigError(
+            "data.meta_responses_path: required when rm.meta.enabled is true (prompts with k "
+            "policy samples each)"
+        )
     tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
     data = load_meta_responses(
         cfg.data.meta_responses_path,
