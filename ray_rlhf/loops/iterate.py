@@ -550,7 +550,7 @@ def run_job(cfg: RLHFConfig) -> IterateResult:
 def _written(run_dir: Path) -> str:
     """Where the outputs are, for the console."""
     return (
-        f"\nWritten to {run_dir}/: iterate_report.md / .json, iterate_curves.png, config.yaml,\n"
+        f"\n\nWritten to {run_dir}/: iterate_report.md / .json, iterate_curves.png, config.yaml,\n"
         "  round_<r>/samples/ (baselines.parquet, meta_responses.parquet), round_<r>/rm/"
         "reward_model/ and\n  round_<r>/ppo/ppo_policy/ (HF dirs; metrics under rm/rm/ and "
         "ppo/ppo/), logs/."
