@@ -156,6 +156,11 @@ def test_phase_configs_are_plain_configs_of_their_stage(tmp_path):
     assert not toy.contrastive.include_eval_prompts and not toy.contrastive.enabled
     assert toy.iterate is None and toy.data.meta_responses_path == str(samples / META_FILE)
     assert samples_config(cfg, samples, truth=False).reward.rule == UNSCORED_RULE
+    from ray_rlhf.reward.rules import load_rule
+
+    assert (
+        load_rule(UNSCORED_RULE)("any prompt", "any response") == 0.0
+    )  # a reward actor can load it
 
     ppo = ppo_config(cfg, samples, tmp_path / "rm")
     assert (ppo.reward.kind, ppo.reward.model_path, ppo.iterate) == (
