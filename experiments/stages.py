@@ -50,10 +50,12 @@ def rm_parts(cfg: RLHFConfig) -> dict[str, Any]:
     toy = {k: v for k, v in to_dict(cfg.data.toyworld).items()
            if not k.startswith("shifted_") and k not in _PPO_TOY_FIELDS}
     rm = to_dict(cfg.rm)
-    # Sections of RM methods that are off do not change the RM: leave them out, so adding
-    # such a method (with a default of off) keeps the keys of the RMs trained before it.
+    # Sections of RM methods that are off (and `init_path` unset: a fresh head on the SFT
+    # policy) do not change the RM: leave them out, so adding such an option (with a default
+    # of off) keeps the keys of the RMs trained before it.
     for name, off in (("contrastive", lambda c: c["kind"] == "none"),
-                      ("meta", lambda c: not c["enabled"])):
+                      ("meta", lambda c: not c["enabled"]),
+                      ("init_path", lambda path: path is None)):
         if name in rm and off(rm[name]):
             del rm[name]
     parts = {"sft": sft_parts(cfg), "toyworld": toy,

@@ -65,6 +65,11 @@ _COMMANDS = {
         "meta_rm",
         ("run.name=meta_rm",),
     ),
+    "iterate": _Command(
+        "iterative RLHF: R rounds of policy samples -> reward-model update -> PPO",
+        "iterate",
+        ("run.name=iterate", "iterate={}"),
+    ),
     "analyze-rm": _Command(
         "how much of a reward model's decisions on a dataset are prompt-free",
         "analyze_rm",

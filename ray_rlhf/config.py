@@ -16,6 +16,7 @@ import yaml
 
 from ray_rlhf.config_checks import check_combinations
 from ray_rlhf.config_checks import requested_cpus as requested_cpus  # re-exported
+from ray_rlhf.config_iterate import IterateConfig
 from ray_rlhf.config_meta import MetaConfig
 from ray_rlhf.config_rewards import ContrastiveConfig, RMConfig, SegmentConfig
 from ray_rlhf.data.toyworld.spec import ToyWorldConfig
@@ -399,6 +400,8 @@ class RLHFConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    iterate: IterateConfig | None = None
+    """Iterative rounds; set (`iterate={}` or keys under it) only by `ray-rlhf iterate`."""
 
     def __post_init__(self) -> None:
         check_combinations(self)  # checks across sections (config_checks.py)

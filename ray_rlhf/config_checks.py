@@ -67,6 +67,42 @@ def check_combinations(cfg: RLHFConfig) -> None:
         f"must be <= the toy world's {len(cfg.data.toyworld.domains)} training domains",
     )
     check_rm_methods(cfg)
+    check_iterate(cfg)
+
+
+def check_iterate(cfg: RLHFConfig) -> None:
+    """What `ray-rlhf iterate` (a set `iterate` section) cannot combine with."""
+    it = cfg.iterate
+    if it is None:
+        return
+    check(
+        cfg.data.meta_responses_path is None,
+        "data.meta_responses_path",
+        "must be unset under iterate: every round's policy samples are MetaRM's meta responses",
+    )
+    check(
+        cfg.rm.init_path is None,
+        "rm.init_path",
+        "must be unset under iterate: each round continues the last round's RM; give the "
+        "starting RM as reward.model_path",
+    )
+    check(
+        cfg.rm.head == "scalar",
+        "rm.head",
+        "iterate updates a scalar reward model (rm.head=scalar)",
+    )
+    check(
+        not cfg.contrastive.enabled,
+        "contrastive.enabled",
+        "is not supported under iterate (offline baselines belong to one reward model)",
+    )
+    k = it.k(cfg.rm.meta.k)
+    check(
+        not cfg.rm.meta.enabled or k >= cfg.rm.meta.k,
+        "iterate.samples_per_prompt",
+        f"{k} responses per prompt are fewer than the rm.meta.k = {cfg.rm.meta.k} MetaRM "
+        "compares",
+    )
 
 
 def check_rm_methods(cfg: RLHFConfig) -> None:
@@ -79,7 +115,9 @@ def check_rm_methods(cfg: RLHFConfig) -> None:
         "supported with learner.zero_stage=3 (use learner.zero_stage 0, 1 or 2)",
     )
     check(
-        not cfg.rm.meta.enabled or cfg.data.meta_responses_path is not None,
+        not cfg.rm.meta.enabled
+        or cfg.data.meta_responses_path is not None
+        or cfg.iterate is not None,  # its rounds sample them
         "data.meta_responses_path",
         "required when rm.meta.enabled is true (prompts with k policy samples each)",
     )

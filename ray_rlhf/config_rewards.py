@@ -132,6 +132,10 @@ class RMConfig:
     """Contrastive representation term (docs/algorithms.md §3c)."""
     meta: RMMetaConfig = field(default_factory=RMMetaConfig)
     """MetaRM update (docs/algorithms.md §3d)."""
+    init_path: str | None = None
+    """Reward-model dir (a `train-rm` output with the same `head`) to continue training
+    from; its tokenizer encodes the pairs. None: the policy (`model.path`, or the tiny
+    model) with a fresh head. `ray-rlhf iterate` sets it each round to the last round's RM."""
 
     @property
     def uses_strength(self) -> bool:

@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,25 @@ def metrics_postfix(row: Row, fields: Sequence[tuple[str, str, str]]) -> str:
     return " ".join(f"{label} {row[key]:{spec}}" for label, key, spec in fields if key in row)
 
 
+_LABEL_PREFIX: ContextVar[str] = ContextVar("stage_label_prefix", default="")
+
+
+@contextmanager
+def stage_label_prefix(prefix: str) -> Iterator[None]:
+    """Bars opened inside the block are labeled `<prefix> <stage>` (e.g. `round 2 rm`)."""
+    token = _LABEL_PREFIX.set(prefix)
+    try:
+        yield
+    finally:
+        _LABEL_PREFIX.reset(token)
+
+
+def stage_label(name: str) -> str:
+    """A stage's bar label: its name, after the current `stage_label_prefix`."""
+    prefix = _LABEL_PREFIX.get()
+    return f"{prefix} {name}" if prefix else name
+
+
 class StageBar:
     """A tqdm bar for one stage on the console; does nothing outside a console session."""
 
@@ -74,7 +94,7 @@ class StageBar:
         tty = stream.isatty()
         self._bar = tqdm(
             total=spec.total,
-            desc=spec.name,
+            desc=stage_label(spec.name),
             unit=spec.unit,
             file=stream,
             dynamic_ncols=tty,

@@ -35,3 +35,53 @@ def plot_curves(
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def plot_rounds(
+    curves: dict[int, list[tuple[int, float]]],
+    accuracies: dict[str, list[float | None]],
+    out_png: Path,
+    *,
+    curve_label: str,
+) -> Path | None:
+    """Two panels: each round's (step, value) curve on one x axis, and per-round accuracy
+    lines (None values skipped).
+
+    Args:
+        curves: Round -> points, x already cumulative over the rounds.
+        accuracies: Label -> one value (or None) per round, rounds 1..R.
+
+    Returns:
+        The PNG path, or None when there is nothing to plot.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [v for vs in accuracies.values() for v in vs if v is not None]
+    if not any(curves.values()) and not values:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for r, points in curves.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            left.plot(xs, ys, marker="o", markersize=3, label=f"round {r}")
+    left.set_title(curve_label, fontsize=9)
+    left.set_xlabel("PPO iteration (cumulative)")
+    for label, values in accuracies.items():
+        points = [(r, v) for r, v in enumerate(values, start=1) if v is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            right.plot(xs, ys, marker="o", label=label)
+    right.set_title("reward-model accuracy", fontsize=9)
+    right.set_xlabel("round")
+    right.set_xticks(range(1, max((len(v) for v in accuracies.values()), default=0) + 1))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

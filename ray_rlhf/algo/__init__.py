@@ -61,7 +61,12 @@ from ray_rlhf.algo.rm_contrastive import (
     swav_loss,
     uniformity,
 )
-from ray_rlhf.algo.rm_loss import RMLossStats, bradley_terry_loss, preference_accuracy
+from ray_rlhf.algo.rm_loss import (
+    RMLossStats,
+    bradley_terry_loss,
+    group_pair_agreement,
+    preference_accuracy,
+)
 from ray_rlhf.algo.sft import SFTLossStats, sft_loss
 from ray_rlhf.algo.strength import (
     StrengthLossTerms,
@@ -99,6 +104,7 @@ __all__ = [
     "flip_mask",
     "gather_last",
     "group_normalized_advantages",
+    "group_pair_agreement",
     "in_batch_alternative_indices",
     "kl_estimate",
     "kl_k1",

@@ -35,6 +35,35 @@ def preference_accuracy(chosen: Tensor, rejected: Tensor) -> Tensor:
     return (chosen > rejected).to(chosen.dtype).mean()
 
 
+def group_pair_agreement(scores: Tensor, truth: Tensor, valid: Tensor) -> tuple[int, int]:
+    """How often a reward model orders two responses of one prompt as the truth does.
+
+    Every pair (i, j), i < j, of valid responses of a group whose true rewards differ is
+    counted; it agrees when the scores differ in the same direction (a score tie is a
+    disagreement), as preference accuracy counts ties.
+
+    Args:
+        scores: ``(G, K)`` reward-model scores, K responses per prompt (padded).
+        truth: ``(G, K)`` true rewards.
+        valid: ``(G, K)`` bool, False on padding (a group may hold fewer than K).
+
+    Returns:
+        (agreeing pairs, counted pairs); the accuracy is their ratio (undefined for 0 pairs).
+    """
+    if not (scores.shape == truth.shape == valid.shape) or scores.dim() != 2:
+        raise ValueError(
+            f"scores, truth and valid must be (G, K) of one shape, got {tuple(scores.shape)}, "
+            f"{tuple(truth.shape)}, {tuple(valid.shape)}"
+        )
+    k = scores.shape[1]
+    upper = torch.ones(k, k, dtype=torch.bool).triu(1)  # (K, K): i < j
+    dt = truth[:, :, None] - truth[:, None, :]  # (G, K, K)
+    ds = scores[:, :, None] - scores[:, None, :]
+    counted = upper & valid[:, :, None] & valid[:, None, :] & (dt != 0)
+    agree = counted & (ds * dt > 0)
+    return int(agree.sum()), int(counted.sum())
+
+
 def _check_label_smoothing(label_smoothing: float | Tensor) -> None:
     """Raise ValueError unless every smoothing value lies in [0, 1]."""
     alpha = torch.as_tensor(label_smoothing)

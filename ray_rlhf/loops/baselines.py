@@ -247,8 +247,22 @@ def merge_shards(
     return [r["prompt_id"] for r in failed]
 
 
-def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
-    """Sample, score and store k baselines per prompt; Ray must be initialized."""
+def run(
+    cfg: RLHFConfig,
+    run_dir: Path,
+    policy_dir: Path,
+    prompts: PromptSet | None = None,
+    *,
+    stage: str = "baselines",
+) -> BaselinesResult:
+    """Sample, score and store k baselines per prompt; Ray must be initialized.
+
+    Args:
+        prompts: The prompts to sample; default `baseline_prompts` (PPO's train prompts,
+            and its eval prompts with `contrastive.include_eval_prompts`). A rerun must pass
+            the same ones (the shards are keyed by prompt id and sampling seeds by position).
+        stage: The progress bar's label.
+    """
     from ray_rlhf.loops.ppo import start_pools
 
     start = time.perf_counter()
@@ -256,7 +270,8 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
     out = Path(con.output_path) if con.output_path else run_dir / "baselines.parquet"
     shard_dir = run_dir / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
-    prompts = baseline_prompts(cfg, run_dir, policy_dir)
+    if prompts is None:
+        prompts = baseline_prompts(cfg, run_dir, policy_dir)
     ids = prompts.ids
     done_rows = read_shards(shard_dir)
     done = {r["prompt_id"] for r in done_rows}
@@ -273,7 +288,7 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> BaselinesResult:
         pools = start_pools(cfg, policy_dir, contrastive=False)
         try:
             pair = (pools["rollout"], pools["reward"])
-            done_rows += _sample(cfg, pair, prompts, todo, run_dir)
+            done_rows += _sample(cfg, pair, prompts, todo, run_dir, stage)
         finally:
             for pool in pools.values():
                 pool.shutdown()
@@ -307,6 +322,7 @@ def _sample(
     prompts: PromptSet,
     todo: list[int],
     run_dir: Path,
+    stage: str = "baselines",
 ) -> list[dict[str, Any]]:
     """Generates, scores and writes one shard per chunk of the prompts `todo` (indices
     into `prompts`). Sample j of prompt i uses seed base + i * k + j, so a resumed run uses
@@ -317,7 +333,7 @@ def _sample(
     next_shard = len(list(shard_dir.glob("shard-*.parquet")))
     rows: list[dict[str, Any]] = []
     chunks = contiguous_chunks(todo, con.chunk_prompts)
-    with StageBar(StageProgress("baselines", len(chunks), "chunk", _postfix)) as bar:
+    with StageBar(StageProgress(stage, len(chunks), "chunk", _postfix)) as bar:
         for n_new, chunk in enumerate(chunks, start=1):
             t0 = time.perf_counter()
             batch = prompts.generate(

@@ -76,6 +76,8 @@ def preflight(
     logger.info("chat template: %s", chat_template_choice(cfg.data.chat_template, tokenizer, base))
     if "ppo" in stages:
         check_reward(cfg)
+    if "rm" in stages and cfg.rm.init_path is not None:
+        check_rm_init(cfg.rm.init_path, cfg, tokenizer, "rm.init_path")
     texts = validate_data(cfg, run_dir, tokenizer, stages)
     logger.info("data: %s", describe_data(cfg, stages, texts.sizes))
     longest_prompt = _longest(tokenizer, texts.prompts)
@@ -144,6 +146,29 @@ def check_reward(cfg: RLHFConfig) -> None:
 
         assert cfg.reward.model_path is not None  # RewardConfig checks this
         load_tokenizer(cfg.reward.model_path, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def check_rm_init(path: str | Path, cfg: RLHFConfig, tokenizer: Any, key: str) -> Path:
+    """A reward model to continue training: a saved RM with `rm.head` whose tokenizer has
+    the policy's vocabulary (the pairs are encoded with the policy's tokenizer).
+
+    Raises:
+        ModelDirError: The dir is not a reward model of `rm.head` (`check_reward_model_dir`).
+        ConfigError: Naming `key`: its vocabulary differs from the policy's.
+    """
+    from ray_rlhf.config import ConfigError
+    from ray_rlhf.models.builders import check_reward_model_dir, load_tokenizer
+
+    out = check_reward_model_dir(
+        path, head=cfg.rm.head, trust_remote_code=cfg.model.trust_remote_code
+    )
+    theirs = load_tokenizer(out, trust_remote_code=cfg.model.trust_remote_code)
+    if theirs.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(
+            f"{key}: the reward model {out} has another vocabulary than the policy; continue "
+            "a reward model trained from this policy (or its SFT base)"
+        )
+    return out
 
 
 def _longest(tokenizer: Any, texts: list[str]) -> int:

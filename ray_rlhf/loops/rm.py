@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ray_rlhf.config import RLHFConfig, requested_cpus
+from ray_rlhf.config import ConfigError, RLHFConfig, requested_cpus
 from ray_rlhf.loops.common import prepare_base_model, toyworld_files
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,11 @@ def load_meta_tensors(cfg: RLHFConfig, base_dir: Path) -> dict[str, torch.Tensor
     from ray_rlhf.data.meta_responses import load_meta_responses
     from ray_rlhf.models.builders import load_tokenizer
 
-    assert cfg.data.meta_responses_path is not None  # RLHFConfig checks this
+    if cfg.data.meta_responses_path is None:  # RLHFConfig checks this, except under iterate
+        raise ConfigError(
+            "data.meta_responses_path: required when rm.meta.enabled is true (prompts with k "
+            "policy samples each)"
+        )
     tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
     data = load_meta_responses(
         cfg.data.meta_responses_path,
@@ -210,13 +214,20 @@ def load_rm_tensors(
     return pairs
 
 
+def start_dir(cfg: RLHFConfig, policy_dir: Path) -> Path:
+    """The model RM training starts from: `rm.init_path` (a reward model, continued) or
+    `policy_dir` (a fresh head on the policy backbone)."""
+    return Path(cfg.rm.init_path) if cfg.rm.init_path is not None else policy_dir
+
+
 def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
-    """Train a reward model from `policy_dir` as a Ray Train run; Ray must be initialized and
-    `cfg` must have passed `preflight`."""
+    """Train a reward model from `policy_dir` (or continue `rm.init_path`) as a Ray Train
+    run; Ray must be initialized and `cfg` must have passed `preflight`."""
     from ray_rlhf.distributed.rm_trainer import run_rm_trainer
     from ray_rlhf.models.checkpoint import METADATA_FILE, load_json
 
     start = time.perf_counter()
+    init_dir = start_dir(cfg, policy_dir)  # same vocabulary as the policy (preflight)
     train, held_out = load_rm_tensors(cfg, run_dir, policy_dir)
     meta = load_meta_tensors(cfg, policy_dir)
     n, width = train["chosen_input_ids"].shape
@@ -233,8 +244,10 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
         cfg.learner.zero_stage,
         _methods(cfg, meta),
     )
+    if cfg.rm.init_path is not None:
+        logger.info("rm: continuing the reward model %s", init_dir)
     out = run_rm_trainer(
-        cfg, model_dir=policy_dir, train=train, eval=held_out, run_dir=run_dir, meta=meta
+        cfg, model_dir=init_dir, train=train, eval=held_out, run_dir=run_dir, meta=meta
     )
     if cfg.rm.head == "per_position":  # fit + store the location-aware normalizer
         from ray_rlhf.loops.segment_normalizer import fit_and_store, rl_prompt_texts

@@ -124,6 +124,39 @@ def check_policy_dir(model_dir: str | os.PathLike[str], *, trust_remote_code: bo
     return path
 
 
+def check_reward_model_dir(
+    model_dir: str | os.PathLike[str], *, head: RewardHead, trust_remote_code: bool
+) -> Path:
+    """Checks, without loading weights, that a directory holds a saved reward model with
+    `head` (`ray_rlhf_head` in its config) and a tokenizer.
+
+    Returns:
+        The resolved directory.
+
+    Raises:
+        ModelDirError: If the directory is invalid, not a one-label token-classification
+            model, a reward model of another head, or has no tokenizer.
+    """
+    path, config = _validated(model_dir)
+    if _model_kind(config, path) != "token_classification":
+        raise ModelDirError(
+            f"model dir {path} holds a causal LM, not a reward model (a `ray-rlhf train-rm` "
+            "output: a token-classification model with a one-value head)"
+        )
+    _check_auto_class(
+        config,
+        path,
+        AutoModelForTokenClassification,
+        MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+        trust_remote_code,
+    )
+    recorded = config.get(HEAD_CONFIG_KEY, "scalar")
+    if recorded != head:
+        raise ModelDirError(f"model dir {path} holds a {recorded!r} reward model, not {head!r}")
+    load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return path
+
+
 def load_policy(
     model_dir: str | os.PathLike[str],
     *,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ray_rlhf.algo import bradley_terry_loss, preference_accuracy
+from ray_rlhf.algo import bradley_terry_loss, group_pair_agreement, preference_accuracy
 
 
 def f64(data: float | list) -> torch.Tensor:
@@ -87,3 +87,15 @@ def test_bt_rejects_negative_or_zero_weights(weights: list[float]) -> None:
 def test_preference_accuracy_counts_ties_as_wrong() -> None:
     # pairs: 1 > 0 right, 1 = 1 tie, 2 < 3 wrong -> 1/3
     assert_close(preference_accuracy(f64([1.0, 1.0, 2.0]), f64([0.0, 1.0, 3.0])), f64(1 / 3))
+
+
+def test_group_pair_agreement_counts_pairs_within_prompts_with_different_truth() -> None:
+    scores = f64([[3.0, 1.0, 2.0], [0.0, 0.0, 5.0]])
+    truth = f64([[1.0, 0.0, 0.0], [0.5, 0.2, 0.9]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    # Prompt 0: (0,1) agrees, (0,2) agrees, (1,2) has equal truth (not counted).
+    # Prompt 1: (0,1) is a score tie (disagrees); response 2 is padding.
+    assert group_pair_agreement(scores, truth, valid) == (2, 3)
+    assert group_pair_agreement(-scores, truth, valid) == (0, 3)
+    with pytest.raises(ValueError, match="one shape"):
+        group_pair_agreement(scores[0], truth[0], valid[0])

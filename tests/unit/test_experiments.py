@@ -145,6 +145,20 @@ def test_ood_meta_arms_choose_their_reward_stage_and_prompts():
         rm_parts(vanilla))
 
 
+def test_testbed_rm_stage_key_is_unchanged_by_options_left_at_their_defaults():
+    """Shared RM stages trained before `rm.init_path` existed keep their directories."""
+    import dataclasses
+
+    from experiments.stages import rm_parts, stage_key
+
+    testbed = load_experiment("testbed", ROOT / "experiments/configs/testbed.yaml", [])
+    vanilla = arm_config(testbed.base, testbed.arms["vanilla"], 0)
+    assert vanilla.rm.init_path is None
+    assert stage_key(rm_parts(vanilla)) == "0b40cdfc6ae2"
+    continued = dataclasses.replace(vanilla.rm, init_path="runs/rm/reward_model")
+    assert stage_key(rm_parts(dataclasses.replace(vanilla, rm=continued))) != "0b40cdfc6ae2"
+
+
 def test_an_unknown_reward_stage_is_named(tmp_path):
     path = tmp_path / "x.yaml"
     limits = "data: {max_prompt_tokens: 32, max_response_tokens: 16}\n"

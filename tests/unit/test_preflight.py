@@ -259,6 +259,42 @@ def test_preference_checks_run_before_training(tmp_path, chat_model):
         preflight(cfg, prepare_run_dir(cfg), ("rm",))
 
 
+def test_rm_init_path_must_be_a_reward_model_of_the_policy_vocabulary(tmp_path, chat_model):
+    from ray_rlhf.models import ModelDirError
+    from ray_rlhf.models.builders import load_reward_model, load_tokenizer
+    from ray_rlhf.models.checkpoint import save_hf_model
+
+    def reward_model(policy: Path, name: str, head: str = "scalar") -> Path:
+        out = tmp_path / name
+        save_hf_model(load_reward_model(policy, head=head), load_tokenizer(policy), out)
+        return out
+
+    other_words = write_tiny_model(
+        tmp_path / "other", build_word_tokenizer([*WORDS, "extra"]), TinyModelSpec()
+    )
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "sort the list", "chosen": "1 2 3", "rejected": f"3 2 {i}"} for i in (1, 2)]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    base = [
+        f"run.output_dir={tmp_path / 'runs'}",
+        f"model.path={chat_model}",
+        f"data.preferences_path={pairs}",
+        "learner.num_workers=1",
+    ]
+
+    def check(init: Path) -> None:
+        cfg = load_config(None, [*base, f"rm.init_path={init}", f"run.name={init.name}"])
+        preflight(cfg, prepare_run_dir(cfg), ("rm",))
+
+    check(reward_model(chat_model, "rm"))  # a scalar RM of the policy's vocabulary
+    with pytest.raises(ModelDirError, match="holds a causal LM, not a reward model"):
+        check(chat_model)
+    with pytest.raises(ModelDirError, match="'per_position' reward model, not 'scalar'"):
+        check(reward_model(chat_model, "segment_rm", head="per_position"))
+    with pytest.raises(ConfigError, match=r"rm\.init_path: .* another vocabulary"):
+        check(reward_model(other_words, "other_rm"))
+
+
 def test_ppo_job_with_bad_prompts_fails_before_ray_and_before_sft(tmp_path):
     import ray
 
