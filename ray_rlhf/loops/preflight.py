@@ -130,8 +130,8 @@ def chat_template_choice(mode: str, tokenizer: Any, model_dir: Path) -> str:
         chat_rows = "; chat rows (message lists) still use the template" if has else ""
         return f"plain-text prompts are used as written ({why}){chat_rows}"
     return (
-        f"plain-text prompts are rendered with the tokenizer's chat template as one user "
-        f"message (data.chat_template={mode})"
+        "plain-text prompts (as one user message) and chat rows (message lists) are rendered "
+        f"with the tokenizer's chat template (data.chat_template={mode})"
     )
 
 

@@ -321,8 +321,8 @@ def plain_prompts(path: Path, n: int) -> Path:
 @pytest.mark.parametrize(
     ("mode", "rendered", "logged"),
     [
-        ("auto", True, "rendered with the tokenizer's chat template"),
-        ("never", False, "used as written (data.chat_template=never); chat rows"),
+        ("auto", True, "(as one user message) and chat rows (message lists) are rendered"),
+        ("never", False, "are used as written (data.chat_template=never); chat rows"),
     ],
 )
 def test_plain_prompts_get_the_chat_template_of_the_model(
@@ -336,7 +336,7 @@ def test_plain_prompts_get_the_chat_template_of_the_model(
     run_dir = prepare_run_dir(cfg)
     with caplog.at_level("INFO", logger="ray_rlhf"):
         resolved = preflight(cfg, run_dir, ("ppo",))
-    assert f"chat template: plain-text prompts are {logged}" in caplog.text
+    assert f"chat template: plain-text prompts {logged}" in caplog.text
     # 8 words, plus <|user|> and <|assistant|> when rendered
     assert resolved.data.max_prompt_tokens == (10 if rendered else 8)
     train, _ = load_prompt_sets(resolved, run_dir, load_tokenizer(chat_model))
