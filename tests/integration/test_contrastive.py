@@ -5,15 +5,11 @@ the baselines subtracted in the reward actor."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import datasets
 import pytest
+from paused_jobs import kill_when_paused
 
 from ray_rlhf.config import load_config
 from ray_rlhf.metrics import read_metrics
@@ -43,32 +39,6 @@ def base_model(tmp_path_factory):
     return write_tiny_model(out, build_word_tokenizer(vocabulary()), TinyModelSpec())
 
 
-def _start_job_and_kill_after_first_shard(args: list[str], run_dir: Path, log: Path) -> None:
-    """Runs jobs/sample_baselines.py in its own process group; once the chaos hook says it
-    wrote its first shard, kills the whole group with SIGKILL."""
-    run_dir.mkdir(parents=True)
-    (run_dir / "control.yaml").write_text("pause_baselines_after_shards: 1\n")
-    paused = run_dir / "control.yaml.paused"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "jobs/sample_baselines.py", *args],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + _PAUSE_TIMEOUT_S
-        while not paused.exists():
-            assert proc.poll() is None, f"job exited early:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no pause:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    (run_dir / "control.yaml").unlink()
-
-
 def test_killed_baseline_job_resumes_then_ppo_uses_the_baselines(tmp_path, base_model, ray_session):
     from ray_rlhf.loops import baselines, ppo
     from ray_rlhf.loops.common import prepare_run_dir
@@ -82,7 +52,10 @@ def test_killed_baseline_job_resumes_then_ppo_uses_the_baselines(tmp_path, base_
         *_OVERRIDES,
     ]
     run_dir = tmp_path / "baselines"
-    _start_job_and_kill_after_first_shard(args, run_dir, tmp_path / "job.log")
+    kill_when_paused(
+        "jobs/sample_baselines.py", "pause_baselines_after_shards: 1", args, run_dir,
+        tmp_path / "job.log", _PAUSE_TIMEOUT_S,
+    )
     shard_dir = run_dir / baselines.SHARD_DIR
     assert [p.name for p in shard_dir.glob("shard-*")] == ["shard-00000.parquet"]
     assert not (run_dir / "baselines.parquet").exists()

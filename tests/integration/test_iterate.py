@@ -8,15 +8,12 @@ round 1's, and the report has 2 rounds."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from paused_jobs import kill_when_paused
 
 from ray_rlhf.cli import parse_config
 
@@ -59,32 +56,6 @@ _OVERRIDES = [
 PHASES = ["sft"] + [f"round_{r}/{p}" for r in (1, 2) for p in ("samples", "rm", "ppo")]
 
 
-def _start_job_and_kill_after(key: str, args: list[str], run_dir: Path, log: Path) -> None:
-    """Runs jobs/iterate.py in its own process group; once the chaos hook says phase `key`
-    is done, kills the whole group with SIGKILL."""
-    run_dir.mkdir(parents=True)
-    (run_dir / "control.yaml").write_text(f"pause_iterate_after: {key}\n")
-    paused = run_dir / "control.yaml.paused"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "jobs/iterate.py", *args],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + _PAUSE_TIMEOUT_S
-        while not paused.exists():
-            assert proc.poll() is None, f"job exited early:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no pause:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    (run_dir / "control.yaml").unlink()
-
-
 def _done(path: Path) -> dict:
     return json.loads((path / "DONE.json").read_text())
 
@@ -102,7 +73,10 @@ def test_killed_iterate_job_resumes_at_its_phase_and_reports_every_round(tmp_pat
     ]
     run_dir = tmp_path / "iterate_it"
     t0 = time.monotonic()
-    _start_job_and_kill_after("round_1/rm", args, run_dir, tmp_path / "job.log")
+    kill_when_paused(
+        "jobs/iterate.py", "pause_iterate_after: round_1/rm", args, run_dir,
+        tmp_path / "job.log", _PAUSE_TIMEOUT_S,
+    )
     killed_after = time.monotonic() - t0
     assert [p for p in PHASES if (run_dir / p / "DONE.json").is_file()] == PHASES[:3]
     rm_done = (run_dir / "round_1/rm/DONE.json").read_bytes()

@@ -6,15 +6,11 @@ dir has `train-rm`'s layout and metadata and scores in `RewardScorer(kind="model
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from paused_jobs import kill_when_paused
 
 from ray_rlhf.config import load_config
 from ray_rlhf.metrics import read_metrics
@@ -52,32 +48,6 @@ def base_model(tmp_path_factory):
     return write_tiny_model(out, build_word_tokenizer(vocabulary()), TinyModelSpec())
 
 
-def _start_job_and_kill_after_first_step(args: list[str], run_dir: Path, log: Path) -> None:
-    """Runs jobs/meta_rm.py in its own process group; once the chaos hook says outer step 1
-    is saved, kills the whole group with SIGKILL."""
-    run_dir.mkdir(parents=True)
-    (run_dir / "control.yaml").write_text("pause_meta_after_steps: 1\n")
-    paused = run_dir / "control.yaml.paused"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "jobs/meta_rm.py", *args],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + _PAUSE_TIMEOUT_S
-        while not paused.exists():
-            assert proc.poll() is None, f"job exited early:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no pause:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    (run_dir / "control.yaml").unlink()
-
-
 def test_killed_meta_rm_job_resumes_and_exports_a_loadable_reward_model(
     tmp_path, base_model, ray_session
 ):
@@ -97,7 +67,10 @@ def test_killed_meta_rm_job_resumes_and_exports_a_loadable_reward_model(
         *_OVERRIDES,
     ]
     run_dir = tmp_path / "meta_it"
-    _start_job_and_kill_after_first_step(args, run_dir, tmp_path / "job.log")
+    kill_when_paused(
+        "jobs/meta_rm.py", "pause_meta_after_steps: 1", args, run_dir, tmp_path / "job.log",
+        _PAUSE_TIMEOUT_S,
+    )
     state_dir = run_dir / meta_rm.STATE_DIR
     assert load_json(state_dir / "state.json")["step"] == 1
     assert [r["step"] for r in read_metrics(run_dir / meta_rm.METRICS_DIR)] == [1]
