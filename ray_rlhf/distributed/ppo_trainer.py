@@ -163,10 +163,15 @@ def _apply_control(pools: dict, control_path: Path) -> dict[str, float]:
                 notice = f"rollout pool stays at {pool.size} actor(s): {exc}"
                 logger.warning("ppo: %s", notice)
                 return {"rollout/actors": float(pool.size), "faults/resize_unplaced": 1.0,
-                        NOTICE_KEY: notice}
+                        NOTICE_KEY: notice, **_fault_counts(pool)}
         elif wanted is not None and not (isinstance(wanted, int) and wanted >= 1):
             logger.warning("ppo: %s: rollout_actors must be an int >= 1", control_path)
-    return {"rollout/actors": float(pool.size)}
+    return {"rollout/actors": float(pool.size), **_fault_counts(pool)}
+
+
+def _fault_counts(pool: Any) -> dict[str, float]:
+    """`faults/<kind>`: the pool's recoveries so far in this process (rank 0)."""
+    return {f"faults/{kind}": float(n) for kind, n in pool.faults.items()}
 
 
 _UNPLACED: dict[Path, int] = {}

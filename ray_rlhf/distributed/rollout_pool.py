@@ -20,6 +20,8 @@ actors but keeps its own membership list, version and current weights. Drive the
 
 from __future__ import annotations
 
+import collections
+import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -27,7 +29,7 @@ from typing import Any, Literal
 
 import ray
 import torch
-from ray.exceptions import ActorUnavailableError, RayActorError, RayError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
 
 from ray_rlhf.config import RolloutConfig
 from ray_rlhf.distributed.runtime import CustomResourceMode, custom_resource, worker_env_vars
@@ -49,6 +51,8 @@ ROLLOUT_RESOURCE = "rollout"
 ROLLOUT_RESOURCE_PER_ACTOR = 0.01
 """Amount of the `rollout` custom resource per actor: it marks the node type (so the
 autoscaler adds rollout nodes); CPUs / GPUs limit how many actors fit on a node."""
+
+logger = logging.getLogger(__name__)
 
 _RESTART_WAIT_S = 300.0
 
@@ -135,6 +139,9 @@ class RolloutPool:
             BroadcastTransport(bucket_bytes=bucket_bytes) if transport == "broadcast" else None
         )
         self._actors: list[Any] = []
+        self.faults: collections.Counter[str] = collections.Counter()
+        """Recoveries so far: `rollout_restarts` (Ray restarted an actor) and
+        `rollout_replacements` (an actor out of restarts was replaced)."""
         self._version = 0
         self._handle: WeightsHandle | None = None  # current weights in the object store
         self._state: Mapping[str, torch.Tensor] | None = None  # broadcast: kept for catch-up
@@ -203,6 +210,8 @@ class RolloutPool:
             else:
                 if batch.policy_version >= self._version:
                     return batch
+                self.faults["rollout_restarts"] += 1  # restarted between calls: old weights
+                logger.warning("rollout actor %d was restarted by Ray; catching it up", k)
             self._catch_up([self._actors[k]])
             ref = resubmit()
         raise RuntimeError(f"rollout actor {k} failed {self.cfg.max_restarts + 1} times")
@@ -274,19 +283,31 @@ class RolloutPool:
 
         Calls to a restarting actor fail with `ActorUnavailableError`, so this polls.
 
+        An actor dead for good (out of `rollout.max_restarts`) is replaced by a new one with
+        the current weights, so the run does not fail for a lost actor.
+
         Raises:
-            ActorDiedError: the actor is dead for good (restarts exhausted).
             ActorUnavailableError: still restarting after `_RESTART_WAIT_S`.
+            PlacementTimeout: a replacement could not be placed in `resize_timeout_s`.
         """
         deadline = time.monotonic() + _RESTART_WAIT_S
         while True:
             try:
                 ray.get(self._actors[k].weights_version.remote())
+                self.faults["rollout_restarts"] += 1
+                logger.warning("rollout actor %d was restarted by Ray; catching it up", k)
                 return
             except ActorUnavailableError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+            except ActorDiedError:  # out of restarts: a new actor takes its place
+                (self._actors[k],) = self._start_actors(1, timeout_s=self.cfg.resize_timeout_s)
+                self.faults["rollout_replacements"] += 1
+                logger.warning("rollout actor %d was out of restarts; replaced by a new one", k)
+                if self._broadcast is not None:
+                    self._broadcast.close()  # membership changed
+                return
 
     # ----------------------------------------------------------------------- membership
 
@@ -323,6 +344,10 @@ class RolloutPool:
         return options
 
     def _add_actors(self, count: int, timeout_s: float | None = None) -> None:
+        self._actors.extend(self._start_actors(count, timeout_s))
+
+    def _start_actors(self, count: int, timeout_s: float | None = None) -> list[Any]:
+        """`count` new actors serving the current weights (not yet members)."""
         remote_cls = ray.remote(RolloutActor).options(**self._actor_options())
         new = [remote_cls.remote(*self._actor_args, **self._actor_kwargs) for _ in range(count)]
         refs = [a.weights_version.remote() for a in new]
@@ -343,7 +368,7 @@ class RolloutPool:
         except Exception:
             self._stop(new)  # e.g. an unreadable model dir: leave no actors behind
             raise
-        self._actors.extend(new)
+        return new
 
     def _placement_needs(self) -> str:
         """What one actor asks the scheduler for, e.g. `CPU: 1, rollout: 0.01`."""

@@ -185,6 +185,14 @@ def test_pool_grows_and_new_actor_serves_current_weights(
         assert after_restart.policy_version == 1
         assert after_restart.responses == one.responses
         assert _actor_versions(pool) == [1, 1]
+        assert pool.faults == {"rollout_restarts": 1}
+
+        # Dead for good (as after its last restart): the pool replaces it.
+        ray.kill(pool._actors[1], no_restart=True)
+        replaced = _greedy(pool)
+        assert replaced.policy_version == 1 and replaced.responses == one.responses
+        assert _actor_versions(pool) == [1, 1]
+        assert pool.faults == {"rollout_restarts": 1, "rollout_replacements": 1}
 
         pool.resize(1)
         assert pool.size == 1 and _greedy(pool).responses == one.responses
