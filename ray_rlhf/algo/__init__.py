@@ -42,6 +42,7 @@ from ray_rlhf.algo.masking import (
     masked_var,
     masked_whiten,
 )
+from ray_rlhf.algo.offpolicy import ISWeightStats, truncated_is_weights
 from ray_rlhf.algo.ppo_loss import (
     PolicyLossStats,
     ValueLossStats,
@@ -82,6 +83,7 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "GAEResult",
+    "ISWeightStats",
     "KLController",
     "KLEstimator",
     "MetaStepStats",
@@ -136,6 +138,7 @@ __all__ = [
     "swav_loss",
     "token_logprobs",
     "token_values",
+    "truncated_is_weights",
     "uniformity",
     "value_loss",
 ]

@@ -60,13 +60,16 @@ def policy_loss(
     clip_eps: float,
     clip_eps_high: float | None = None,
     num_tokens: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, PolicyLossStats]:
     """Clipped surrogate objective, negated to a loss.
 
     ``L = -min(r_t A_t, clip(r_t, 1 - eps, 1 + eps_high) A_t)`` with
     ``r_t = pi(y_t) / pi_old(y_t)`` (Schulman et al. 2017, arXiv 1707.06347, eq. 7),
     token-mean over the mask (see the module docstring). An ``eps_high`` above ``eps`` is
-    the asymmetric "clip-higher" of DAPO (Yu et al. 2025, arXiv 2503.14476).
+    the asymmetric "clip-higher" of DAPO (Yu et al. 2025, arXiv 2503.14476). With
+    ``is_weights`` w_t each token's term is multiplied by w_t: the decoupled objective for
+    samples from an older behaviour policy (see :mod:`ray_rlhf.algo.offpolicy`).
 
     Args:
         logprobs: Log-probs of the sampled tokens under the current policy, ``(B, T)``.
@@ -76,6 +79,8 @@ def policy_loss(
         clip_eps: Lower clip range, ratio >= 1 - clip_eps (and upper when no high given).
         clip_eps_high: Upper clip range, ratio <= 1 + clip_eps_high; None means clip_eps.
         num_tokens: Divisor for the masked sum; None means the mask's token count.
+        is_weights: Detached per-token importance weights ``(B, T)``, e.g. from
+            :func:`~ray_rlhf.algo.offpolicy.truncated_is_weights`; None means 1.
 
     Returns:
         ``(loss, PolicyLossStats)``; the loss is a scalar.
@@ -84,7 +89,10 @@ def policy_loss(
     ratio = torch.exp(logprobs - old_logprobs)  # (B, T)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + high) * advantages
-    loss = _token_mean(-torch.minimum(unclipped, clipped), mask, num_tokens)
+    per_token = -torch.minimum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
+    loss = _token_mean(per_token, mask, num_tokens)
     with torch.no_grad():
         stats = PolicyLossStats(
             clip_fraction=masked_mean((clipped < unclipped).to(ratio.dtype), mask),
