@@ -324,6 +324,18 @@ class PPOConfig:
     """Report a resumable checkpoint every this many iterations (and at the end)."""
     kl: KLConfig = field(default_factory=KLConfig)
     """KL penalty."""
+    async_rollouts: bool = False
+    """Generate iteration k+1 while the learners train on k (one iteration ahead), so its
+    samples come from the weights one version behind the learner's; corrected by the
+    importance weights of `is_correction`. Always computes the old-logprob forward."""
+    max_staleness: int = 1
+    """Async mode: the most weights versions a sample may be behind the learner's weights
+    the update starts from; an older batch is regenerated with the current weights."""
+    is_correction: Literal["truncated", "none"] = "truncated"
+    """Async mode: per-token weight min(pi_old / pi_sampler, is_cap) on the policy loss
+    (truncated importance sampling), or `none` (the ratios are still logged)."""
+    is_cap: float = 2.0
+    """Truncation level of the async importance weights (>= 1)."""
 
     def __post_init__(self) -> None:
         _check(self.iterations > 0, "iterations", "must be > 0")
@@ -342,6 +354,12 @@ class PPOConfig:
         _check(0 < self.clip_eps < 1, "clip_eps", "must be in (0, 1)")
         _check(0 <= self.gamma <= 1, "gamma", "must be in [0, 1]")
         _check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
+        _check(
+            not self.async_rollouts or self.max_staleness >= 1,
+            "max_staleness",
+            "must be >= 1 with async_rollouts=true (samples are generated one version ahead)",
+        )
+        _check(self.is_cap >= 1, "is_cap", "must be >= 1 (below 1 on-policy tokens lose weight)")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,14 @@ they outlive learner restarts), hands every rank its share of prompt groups, and
 new weights to the rollout pool. Every rank runs a `PPOLearner` (DeepSpeed). The data
 position is the iteration number (`global_batch_indices`), so a restart from the checkpoint
 of iteration k replays exactly iteration k + 1.
+
+With `ppo.async_rollouts`, rank 0 submits iteration k + 1's generation before the learn
+phase of k and collects it at the start of k + 1: the rollout actors sample with the
+weights of version k while the learners train (the sync after k queues behind the
+generation on each actor), so the learner at version k + 1 trains on samples one version
+old, importance-weighted in the loss. Prompts and seeds of an iteration depend only on its
+number; a generation in flight at a restart is discarded and the resumed iteration samples
+again with the restored weights.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from ray_rlhf.distributed.checkpointing import (
     report_checkpoint,
     restore_latest,
 )
-from ray_rlhf.distributed.rollout_pool import PlacementTimeout
+from ray_rlhf.distributed.rollout_pool import PendingRollout, PlacementTimeout
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
 from ray_rlhf.progress import NOTICE_KEY, Row, StageProgress, metrics_postfix
@@ -51,10 +59,35 @@ class PromptSet:
     def generate(self, pool: Any, rows: list[int], **kwargs: Any) -> RolloutBatch:
         """Samples the prompts `rows` with the rollout pool; the batch carries their user
         texts too (`RolloutBatch.user_prompts`) when they differ from what the model read."""
-        texts = [self.texts[i] for i in rows]
-        batch = pool.generate([self.ids[i] for i in rows], texts, **kwargs)
+        return self.collect(pool, self.submit(pool, rows, **kwargs), rows)
+
+    def submit(self, pool: Any, rows: list[int], **kwargs: Any) -> PendingRollout:
+        """`generate`, started: returns at once (`RolloutPool.submit`)."""
+        return pool.submit([self.ids[i] for i in rows], [self.texts[i] for i in rows], **kwargs)
+
+    def collect(self, pool: Any, pending: PendingRollout, rows: list[int]) -> RolloutBatch:
+        """The batch of `submit(pool, rows, ...)`, as `generate` returns it."""
+        batch = pool.collect(pending)
         users = [self.user_texts[i] for i in rows]
-        return batch if users == texts else replace(batch, user_prompts=users)
+        return batch if users == pending.prompts else replace(batch, user_prompts=users)
+
+
+@dataclass
+class Launched:
+    """Rank 0: one iteration's generation, submitted to the rollout pool."""
+
+    rows: list[int]
+    """Prompt indices of the iteration (`global_batch_indices`)."""
+    pending: PendingRollout
+    waited_s: float = 0.0
+    """Seconds rank 0 has spent on it so far (submitting and blocking): the generation
+    time not hidden behind training (`timing/generate`)."""
+
+    def wait(self) -> None:
+        """Block until the generation is done (without fetching it)."""
+        t0 = time.perf_counter()
+        self.pending.wait()
+        self.waited_s += time.perf_counter() - t0
 
 
 def _broadcast(obj: Any) -> Any:
@@ -63,12 +96,13 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def _rollout_phase(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int):
-    """Rank 0: sample this iteration's prompts, generate, score. Returns batch + metrics."""
+def _launch_rollout(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int) -> Launched:
+    """Rank 0: submit iteration `it`'s prompts for generation (its prompts and seeds depend
+    only on `it`, never on timing)."""
     rollout, ppo = cfg.rollout, cfg.ppo
     idx = global_batch_indices(len(prompts.ids), ppo.prompts_per_iteration, it, cfg.run.seed)
     t0 = time.perf_counter()
-    batch = prompts.generate(
+    pending = prompts.submit(
         pools["rollout"],
         idx.tolist(),
         n_samples=rollout.n_samples,
@@ -78,21 +112,78 @@ def _rollout_phase(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int):
         # Row r samples with seed + r: space iterations so no two rows share a stream.
         seed=(cfg.run.seed * 100003 + it) * 2**20,
     )
+    return Launched(idx.tolist(), pending, waited_s=time.perf_counter() - t0)
+
+
+def _launch_ahead(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int) -> Launched | None:
+    """Rank 0, async mode: start iteration `it + 1`'s generation (None otherwise)."""
+    if not cfg.ppo.async_rollouts or it + 1 >= cfg.ppo.iterations:
+        return None
+    return _launch_rollout(cfg, pools, prompts, it + 1)
+
+
+def _collect_rollout(pools: dict, prompts: PromptSet, launched: Launched) -> RolloutBatch:
+    t0 = time.perf_counter()
+    batch = prompts.collect(pools["rollout"], launched.pending, launched.rows)
+    launched.waited_s += time.perf_counter() - t0
+    return batch
+
+
+def _take_rollout(
+    cfg: RLHFConfig,
+    pools: dict,
+    prompts: PromptSet,
+    it: int,
+    ahead: Launched | None,
+    control_path: Path,
+) -> tuple[ScoredBatch, dict[str, float]]:
+    """Rank 0: iteration `it`'s scored batch, and the control and rollout metrics.
+
+    `ahead` is the generation launched during the last learn phase (async mode), collected
+    before the control file may resize the pool (a share belongs to an actor index). A
+    batch more than `ppo.max_staleness` versions behind the learner (version `it`) is
+    sampled again with the current weights. Without `ahead` the pool is resized first.
+    """
+    if ahead is None:
+        metrics = _apply_control(pools, control_path)
+        launched = _launch_rollout(cfg, pools, prompts, it)
+        batch = _collect_rollout(pools, prompts, launched)
+    else:
+        launched, batch = ahead, _collect_rollout(pools, prompts, ahead)
+        metrics = _apply_control(pools, control_path)
+        behind, bound = it - batch.policy_version, cfg.ppo.max_staleness
+        if behind > bound:
+            msg = "ppo: iteration %d: samples %d versions behind > ppo.max_staleness=%d; resampling"
+            logger.warning(msg, it + 1, behind, bound)
+            metrics["rollout/regenerated"] = 1.0
+            launched = _launch_rollout(cfg, pools, prompts, it)
+            batch = _collect_rollout(pools, prompts, launched)
+    scored, rollout_metrics = _score_rollout(cfg, pools, prompts, launched, batch)
+    rollout_metrics["rollout/staleness"] = float(it - batch.policy_version)
+    return scored, metrics | rollout_metrics
+
+
+def _score_rollout(
+    cfg: RLHFConfig, pools: dict, prompts: PromptSet, launched: Launched, batch: RolloutBatch
+) -> tuple[ScoredBatch, dict[str, float]]:
+    """Rank 0: score a generated batch. Returns the scored batch + metrics."""
     t1 = time.perf_counter()
     scored: ScoredBatch = pools["reward"].score(batch)
     t2 = time.perf_counter()
     tokens = float(batch.response_mask.sum())
     metrics = {
-        "timing/generate": t1 - t0,
+        "timing/generate": launched.waited_s,
         "timing/score": t2 - t1,
-        "perf/generate_tokens_per_s": tokens / max(t1 - t0, 1e-9),
+        "rollout/policy_version": float(batch.policy_version),
         "reward/mean": float(scored.scores.mean()),
         "reward/std": float(scored.scores.std()),
         "rollout/response_length": tokens / batch.num_samples,
         "rollout/finished_rate": float(batch.finished.float().mean()),
         "rollout/tokens": tokens,
-        "data/first_prompt_index": float(idx[0]),
+        "data/first_prompt_index": float(launched.rows[0]),
     }
+    if not cfg.ppo.async_rollouts:  # async: the wait is not the engine's speed
+        metrics["perf/generate_tokens_per_s"] = tokens / max(launched.waited_s, 1e-9)
     # Batch means of the scorer's per-row diagnostics (`reward/raw`, `reward/clipped`, and
     # each transform's, e.g. `reward/contrastive_baseline`).
     metrics |= {k: float(v.float().mean()) for k, v in scored.diagnostics.items()}
@@ -266,18 +357,23 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     if start == 0 and cfg.ppo.eval_at_start and rank == 0:
         # The starting policy (usually SFT) under the same evaluation: step 0 of the curves.
         writer.log(0, _evaluate(cfg, pools, eval_prompts, learner))
+    control = Path(config["control_path"])
+    ahead: Launched | None = None  # rank 0, async mode: the next iteration's generation
     for it in range(start, cfg.ppo.iterations):
         t0 = time.perf_counter()
-        _maybe_inject_failure(Path(config["control_path"]), it, rank)
+        _maybe_inject_failure(control, it, rank)
         if rank == 0:
-            metrics = _apply_control(pools, Path(config["control_path"]))
-            scored, rollout_metrics = _rollout_phase(cfg, pools, prompts, it)
-            metrics |= rollout_metrics
+            scored, metrics = _take_rollout(cfg, pools, prompts, it, ahead, control)
+            ahead = _launch_ahead(cfg, pools, prompts, it)
         else:
             scored, metrics = None, {}
         metrics["train/param_norm_start"] = norm
         scored = _broadcast(scored)
         metrics |= _learn_phase(learner, scored, it)
+        if ahead is not None:
+            # Generation still running after training is not hidden; it counts in its own
+            # iteration's timing/generate (the sync would queue behind it anyway).
+            ahead.wait()
         metrics |= _sync(learner, pools, it + 1, rank)
         norm = metrics.get("train/param_norm", 0.0)
         done = it + 1

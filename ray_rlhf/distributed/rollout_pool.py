@@ -7,8 +7,9 @@ Failure handling: actors are created with
 `max_restarts=cfg.max_restarts`. When a generate share fails with `RayActorError`, the pool
 waits for the restarted actor, re-sends the current weights (through the object store,
 whatever the transport) and re-issues that share only; shares that succeeded are kept, so
-nothing is counted twice. A share that comes back from an older weights version (a restart
-that happened between calls) is treated the same way. New actors from `resize` get the
+nothing is counted twice. A share that comes back from a weights version older than the
+pool's when it was submitted (a restart that happened between calls) is treated the same
+way. New actors from `resize` get the
 current weights the same way before they serve. An object-store sync re-sends to an actor
 that died during it; a broadcast sync that fails raises (the pool keeps the previous
 version) and the next sync rebuilds the group.
@@ -25,6 +26,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import ray
@@ -60,6 +62,26 @@ _RESTART_WAIT_S = 300.0
 
 class PlacementTimeout(RuntimeError):
     """New pool actors could not be placed in time; the pool kept its size."""
+
+
+@dataclass
+class PendingRollout:
+    """One `RolloutPool.submit` in flight: a Ray object ref per actor share."""
+
+    prompt_ids: list[str]
+    prompts: list[str]
+    kwargs: dict[str, Any]
+    """Sampling arguments of `RolloutPool.generate` (seed included)."""
+    shares: list[tuple[int, int, int]]
+    """(actor index, first prompt, last prompt) of each share."""
+    refs: list[Any]
+    version: int
+    """The pool's weights version at submit: no share may come back older."""
+
+    def wait(self) -> None:
+        """Block until every share has finished (or failed), without fetching it."""
+        ray.wait(self.refs, num_returns=len(self.refs))
+
 
 class RolloutActor:
     """Actor body: a `RolloutWorker` and the receiving ends of both weight transports."""
@@ -177,6 +199,34 @@ class RolloutPool:
         `RolloutWorker.generate`). Returns one `RolloutBatch` in prompt order, padded to the
         longest share's T, all rows from one weights version.
         """
+        pending = self.submit(
+            prompt_ids,
+            prompts,
+            n_samples=n_samples,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
+        return self.collect(pending)
+
+    def submit(
+        self,
+        prompt_ids: list[str],
+        prompts: list[str],
+        *,
+        n_samples: int,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> PendingRollout:
+        """Start `generate` (same arguments) and return at once; `collect` gives the batch.
+
+        Every share runs on the weights its actor serves when it gets there: a later
+        `update_weights` queues behind it on the actor (async rollouts rely on this). Call
+        `collect` before `resize`: a share belongs to an actor index.
+        """
         if not prompts:
             raise ValueError("RolloutPool.generate: no prompts")
         kwargs = {
@@ -184,23 +234,40 @@ class RolloutPool:
             "max_tokens": max_tokens,
             "temperature": temperature,
             "top_p": top_p,
+            "seed": seed,
         }
-
-        def submit(k: int, first: int, last: int) -> Any:
-            share_seed = None if seed is None else seed + first * n_samples
-            ids, texts = prompt_ids[first:last], prompts[first:last]
-            return self._actors[k].generate.remote(ids, texts, seed=share_seed, **kwargs)
-
         shares = [(k, *group_range(len(prompts), k, self.size)) for k in range(self.size)]
         shares = [(k, a, b) for k, a, b in shares if b > a]
-        refs = [submit(k, a, b) for k, a, b in shares]
+        pending = PendingRollout(prompt_ids, prompts, kwargs, shares, [], self._version)
+        pending.refs = [self._submit_share(pending, *share) for share in shares]
+        return pending
+
+    def _submit_share(self, pending: PendingRollout, k: int, first: int, last: int) -> Any:
+        seed, n = pending.kwargs["seed"], pending.kwargs["n_samples"]
+        kwargs = pending.kwargs | {"seed": None if seed is None else seed + first * n}
+        ids, texts = pending.prompt_ids[first:last], pending.prompts[first:last]
+        return self._actors[k].generate.remote(ids, texts, **kwargs)
+
+    def collect(self, pending: PendingRollout) -> RolloutBatch:
+        """The batch of a `submit`: failed shares re-issued (see the module docstring).
+
+        A share re-issued after a restart may come back from newer weights than the rest
+        (the pool synced while it was in flight); then the whole batch is sampled again, so
+        all rows come from one version.
+        """
         batches = [
-            self._collect(k, ref, lambda k=k, a=a, b=b: submit(k, a, b))
-            for (k, a, b), ref in zip(shares, refs, strict=True)
+            self._collect(k, ref, lambda s=(k, a, b): self._submit_share(pending, *s), pending)
+            for (k, a, b), ref in zip(pending.shares, pending.refs, strict=True)
         ]
+        versions = sorted({b.policy_version for b in batches})
+        if len(versions) > 1:
+            logger.warning("rollout shares came from versions %s; sampling again", versions)
+            return self.collect(self.submit(pending.prompt_ids, pending.prompts, **pending.kwargs))
         return concat_rollout_batches(batches, self._pad_id)
 
-    def _collect(self, k: int, ref: Any, resubmit: Callable[[], Any]) -> RolloutBatch:
+    def _collect(
+        self, k: int, ref: Any, resubmit: Callable[[], Any], pending: PendingRollout
+    ) -> RolloutBatch:
         """Result of actor k's share; after a restart, catch the actor up and re-issue."""
         for _ in range(self.cfg.max_restarts + 1):
             try:
@@ -208,7 +275,7 @@ class RolloutPool:
             except RayActorError:
                 self._wait_restarted(k)
             else:
-                if batch.policy_version >= self._version:
+                if batch.policy_version >= pending.version:
                     return batch
                 self.faults["rollout_restarts"] += 1  # restarted between calls: old weights
                 logger.warning("rollout actor %d was restarted by Ray; catching it up", k)

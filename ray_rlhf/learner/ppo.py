@@ -43,6 +43,7 @@ class Experience:
     returns: torch.Tensor | None
     old_values: torch.Tensor | None
     sample_logprobs: torch.Tensor  # the sampler's (vLLM's), for train/logprob_diff
+    is_weights: torch.Tensor | None = None  # async: truncated pi_old / pi_sampler per token
 
     def rows(self, idx: torch.Tensor) -> Experience:
         """The rows `idx`, trimmed to their longest sequence."""
@@ -139,6 +140,27 @@ def batch_plan(cfg: RLHFConfig, world: int) -> BatchPlan:
     return BatchPlan(rows=rows, minibatch=minibatch, micro=micro)
 
 
+def _all_reduce_max(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    if _world() > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t)
+
+
+def _is_weights(
+    old_lp: torch.Tensor, sample_lp: torch.Tensor, mask: torch.Tensor, ppo: Any
+) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """Async mode: truncated importance weights from the sampler's policy to pi_old (None
+    when `ppo.is_correction` is `none`) and their `train/is_*` stats (the max over ranks)."""
+    weights, st = algo.truncated_is_weights(old_lp, sample_lp, mask, ppo.is_cap)
+    stats = {
+        "train/is_ratio_mean": float(st.ratio_mean),
+        "train/is_ratio_max": _all_reduce_max(float(st.ratio_max)),
+        "train/is_truncated_frac": float(st.truncated_frac),
+    }
+    return (weights if ppo.is_correction == "truncated" else None), stats
+
+
 def _logprob_diff(lp: torch.Tensor, sample_lp: torch.Tensor, mask: torch.Tensor) -> dict:
     """Mean and max |learner - sampler| logprob over response tokens (all (N, T))."""
     diff = (lp - sample_lp).abs() * mask
@@ -161,7 +183,11 @@ class PPOLearner:
         self.micro, self.grad_accum = self.plan.micro, self.plan.grad_accum
         # One epoch of one minibatch: every micro-batch runs before the iteration's only
         # optimizer step, so the old logprobs are the training forward's own (exactly).
-        self.old_logprobs_from_training = ppo.epochs == 1 and self.plan.steps == 1
+        # Not in async mode: the sampler's weights are older, and the importance weights
+        # need pi_old before the first micro-batch.
+        self.old_logprobs_from_training = (
+            ppo.epochs == 1 and self.plan.steps == 1 and not ppo.async_rollouts
+        )
         engine_args = dict(
             weight_decay=0.0,
             total_steps=1,
@@ -285,9 +311,13 @@ class PPOLearner:
         }
         if old_lp is not None:
             stats |= _logprob_diff(old_lp, batch.sample_logprobs, mask)
+        is_weights = None
+        if ppo.async_rollouts:
+            is_weights, is_stats = _is_weights(old_lp, batch.sample_logprobs, mask, ppo)
+            stats |= is_stats
         exp = Experience(
             ids, attn, mask, old_lp, ref_lp, advantages.float(), returns, values,
-            batch.sample_logprobs,
+            batch.sample_logprobs, is_weights,
         )
         return exp, stats
 
@@ -304,7 +334,8 @@ class PPOLearner:
         logprobs = token_logprobs(logits, exp.input_ids)
         old = exp.old_logprobs if exp.old_logprobs is not None else logprobs.detach()
         loss, stats = algo.policy_loss(
-            logprobs, old, exp.advantages, exp.mask, ppo.clip_eps, num_tokens=divisor
+            logprobs, old, exp.advantages, exp.mask, ppo.clip_eps, num_tokens=divisor,
+            is_weights=exp.is_weights,
         )
         if ppo.kl.placement == "loss":
             loss = loss + self.kl_ctl.value * algo.kl_loss(

@@ -80,6 +80,8 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         ("ppo.minibatch_size=50", r"ppo\.minibatch_size: must be a multiple of"),
         ("ppo.lr=-0.0001", r"ppo\.lr: must be > 0"),
         ("ppo.critic_lr=0", r"ppo\.critic_lr: must be > 0"),
+        ("ppo.is_cap=0.5", r"ppo\.is_cap: must be >= 1"),
+        ("ppo.is_correction=full", r"ppo\.is_correction: must be one of \['truncated', 'none'\]"),
         ("sft.lr=0", r"sft\.lr: must be > 0"),
         ("rm.lr=-1", r"rm\.lr: must be > 0"),
         ("learner.max_failures=-2", r"learner\.max_failures: must be >= 0"),
@@ -90,6 +92,14 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
 def test_errors_name_the_key(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, [override])
+
+
+def test_async_rollouts_need_a_staleness_bound_of_at_least_one():
+    with pytest.raises(ConfigError, match=r"ppo\.max_staleness: must be >= 1 with async"):
+        load_config(None, ["ppo.async_rollouts=true", "ppo.max_staleness=0"])
+    ppo = load_config(None, ["ppo.async_rollouts=true"]).ppo
+    assert (ppo.max_staleness, ppo.is_correction, ppo.is_cap) == (1, "truncated", 2.0)
+    assert not load_config(None).ppo.async_rollouts  # off by default
 
 
 def test_cross_section_checks():

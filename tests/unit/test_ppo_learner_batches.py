@@ -197,3 +197,45 @@ def test_accumulated_gradient_is_the_minibatch_token_mean(tmp_path, model_dir):
     order = torch.randperm(16, generator=torch.Generator().manual_seed(0))
     mean_of_means = sum(grad_of(rows) for rows in order.split(4)) / 4
     assert (mean_of_means - expected).norm() > 0.01 * expected.norm()
+
+
+def test_async_mode_computes_old_logprobs_and_weights_the_loss(tmp_path, model_dir):
+    """Async mode with one epoch of one minibatch still runs the old-logprob forward, and the
+    accumulated gradient is that of the loss weighted by min(pi_old / pi_sampler, cap)."""
+    from ray_rlhf.algo.tokens import token_logprobs
+    from ray_rlhf.models.builders import load_policy
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    grads = {}
+    for correction in ("truncated", "none"):
+        overrides = ["ppo.kl.coef=0", "ppo.async_rollouts=true", f"ppo.is_correction={correction}"]
+        learner = _learner(tmp_path, model_dir, *overrides)
+        assert learner.plan.steps == 1 and not learner.old_logprobs_from_training
+        exp, stats = learner.make_experience(_scored_batch(model_dir))
+        assert exp.old_logprobs is not None
+        # The fake sampler's logprobs are 0, so pi_old / pi_sampler = pi_old(y) < 1.
+        ratio = torch.exp(exp.old_logprobs) * exp.mask
+        assert stats["train/is_ratio_mean"] == pytest.approx(
+            float(ratio.sum() / exp.mask.sum()), rel=1e-5
+        )
+        assert stats["train/is_ratio_max"] == pytest.approx(float(ratio.max()), rel=1e-5)
+        assert stats["train/is_truncated_frac"] == 0.0
+        if correction == "none":
+            assert exp.is_weights is None
+        else:
+            torch.testing.assert_close(exp.is_weights, ratio)
+        seen, _ = _hook_grads(learner, exp, name)
+        grads[correction] = torch.stack(seen).sum(0)
+
+    reference = load_policy(model_dir)
+    weight = dict(reference.named_parameters())[name]
+    logits = reference(input_ids=exp.input_ids, attention_mask=exp.attention_mask.long()).logits
+    weights = torch.exp(exp.old_logprobs) * exp.mask
+    logprobs = token_logprobs(logits, exp.input_ids)
+    loss, _ = algo.policy_loss(
+        logprobs, exp.old_logprobs, exp.advantages, exp.mask, 0.2, is_weights=weights
+    )
+    loss.backward()
+    torch.testing.assert_close(grads["truncated"], weight.grad, rtol=1e-4, atol=1e-7)
+    gap = (grads["truncated"] - grads["none"]).norm()
+    assert gap > 0.1 * grads["none"].norm()  # the weights changed the update
