@@ -12,7 +12,7 @@ eq. 2; used for asynchronous RL by AReaL, Fu et al. 2025, arXiv 2505.24298):
 
 The weight is truncated at C (truncated importance sampling, Ionides 2008, J. Comput.
 Graph. Stat. 17(2); the "TIS" correction of Yao et al. 2025, "Your efficient RL framework
-secretly brings you off-policy RL training", as in verl and OpenRLHF), which bounds the
+secretly brings you off-policy RL training", as verl implements it), which bounds the
 variance a rare token with mu << pi_old would add, at the price of a small bias. OPEN: the
 weight is per token, not per sequence (the per-sequence product has far higher variance).
 """
