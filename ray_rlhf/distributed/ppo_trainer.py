@@ -34,10 +34,11 @@ from ray_rlhf.distributed.checkpointing import (
     report_checkpoint,
     restore_latest,
 )
-from ray_rlhf.distributed.rollout_pool import PendingRollout, PlacementTimeout
+from ray_rlhf.distributed.control import apply_control, maybe_inject_failure
+from ray_rlhf.distributed.rollout_pool import PendingRollout
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
-from ray_rlhf.progress import NOTICE_KEY, Row, StageProgress, metrics_postfix
+from ray_rlhf.progress import Row, StageProgress, metrics_postfix
 from ray_rlhf.reward.segments import segment_batch_metrics
 from ray_rlhf.types import RolloutBatch, ScoredBatch, group_range, select_groups
 
@@ -145,12 +146,12 @@ def _take_rollout(
     sampled again with the current weights. Without `ahead` the pool is resized first.
     """
     if ahead is None:
-        metrics = _apply_control(pools, control_path)
+        metrics = apply_control(pools, control_path)
         launched = _launch_rollout(cfg, pools, prompts, it)
         batch = _collect_rollout(pools, prompts, launched)
     else:
         launched, batch = ahead, _collect_rollout(pools, prompts, ahead)
-        metrics = _apply_control(pools, control_path)
+        metrics = apply_control(pools, control_path)
         behind, bound = it - batch.policy_version, cfg.ppo.max_staleness
         if behind > bound:
             msg = "ppo: iteration %d: samples %d versions behind > ppo.max_staleness=%d; resampling"
@@ -231,64 +232,6 @@ def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet, learner: Any) ->
     return out
 
 
-def _apply_control(pools: dict, control_path: Path) -> dict[str, float]:
-    """Rank 0, between iterations: resize the rollout pool if `control.yaml` in the run dir
-    asks for another size (`rollout_actors: N`). New actors get the current weights first."""
-    pool = pools["rollout"]
-    if control_path.is_file():
-        import yaml
-
-        try:
-            wanted = (yaml.safe_load(control_path.read_text()) or {}).get("rollout_actors")
-        except (yaml.YAMLError, AttributeError) as exc:
-            logger.warning("ppo: ignoring unreadable %s: %s", control_path, exc)
-            wanted = None
-        if wanted == _UNPLACED.get(control_path):
-            pass  # tried and could not be placed; waits for another value
-        elif isinstance(wanted, int) and wanted >= 1 and wanted != pool.size:
-            logger.info("ppo: resizing rollout pool %d -> %d", pool.size, wanted)
-            try:
-                pool.resize(wanted)
-            except PlacementTimeout as exc:
-                _UNPLACED[control_path] = wanted
-                notice = f"rollout pool stays at {pool.size} actor(s): {exc}"
-                logger.warning("ppo: %s", notice)
-                return {"rollout/actors": float(pool.size), "faults/resize_unplaced": 1.0,
-                        NOTICE_KEY: notice, **_fault_counts(pool)}
-        elif wanted is not None and not (isinstance(wanted, int) and wanted >= 1):
-            logger.warning("ppo: %s: rollout_actors must be an int >= 1", control_path)
-    return {"rollout/actors": float(pool.size), **_fault_counts(pool)}
-
-
-def _fault_counts(pool: Any) -> dict[str, float]:
-    """`faults/<kind>`: the pool's recoveries so far in this process (rank 0)."""
-    return {f"faults/{kind}": float(n) for kind, n in pool.faults.items()}
-
-
-_UNPLACED: dict[Path, int] = {}
-"""Per control file, the pool size a resize could not place (not retried until it changes).
-Lives in rank 0's process; a restarted worker group tries once more."""
-
-
-def _maybe_inject_failure(control_path: Path, it: int, rank: int) -> None:
-    """Chaos test hook: `fail_learner_at_iteration: k` in control.yaml makes the last rank
-    raise once at the start of iteration k (a marker file records that it fired), so Ray
-    Train restarts the worker group from the last checkpoint."""
-    world = ray.train.get_context().get_world_size()
-    fired = control_path.with_name(control_path.name + ".failure_fired")
-    if rank != world - 1 or not control_path.is_file() or fired.exists():
-        return
-    import yaml
-
-    try:
-        wanted = (yaml.safe_load(control_path.read_text()) or {}).get("fail_learner_at_iteration")
-    except (yaml.YAMLError, AttributeError):
-        return
-    if wanted == it + 1:
-        fired.write_text(f"iteration {it + 1}\n")
-        raise RuntimeError(f"injected learner failure at iteration {it + 1} ({control_path})")
-
-
 def _learn_phase(learner: Any, scored: ScoredBatch, it: int) -> dict[str, float]:
     """Every rank: experience + PPO epochs on its share of prompt groups."""
     rank = ray.train.get_context().get_world_rank()
@@ -361,7 +304,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     ahead: Launched | None = None  # rank 0, async mode: the next iteration's generation
     for it in range(start, cfg.ppo.iterations):
         t0 = time.perf_counter()
-        _maybe_inject_failure(control, it, rank)
+        maybe_inject_failure(control, it, rank)
         if rank == 0:
             scored, metrics = _take_rollout(cfg, pools, prompts, it, ahead, control)
             ahead = _launch_ahead(cfg, pools, prompts, it)

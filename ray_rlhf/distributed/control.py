@@ -1,0 +1,79 @@
+"""The run's control file (`<run dir>/control.yaml`), read by learner rank 0 between PPO
+iterations: `rollout_actors: N` resizes the rollout pool; `fail_learner_at_iteration: k`
+is a chaos-test hook that makes a learner raise once."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+
+from ray_rlhf.distributed.rollout_pool import PlacementTimeout
+from ray_rlhf.progress import NOTICE_KEY
+
+logger = logging.getLogger(__name__)
+
+
+def apply_control(pools: dict, control_path: Path) -> dict[str, float]:
+    """Rank 0, between iterations: resize the rollout pool if `control.yaml` in the run dir
+    asks for another size (`rollout_actors: N`). New actors get the current weights first."""
+    pool = pools["rollout"]
+    if control_path.is_file():
+        import yaml
+
+        try:
+            wanted = (yaml.safe_load(control_path.read_text()) or {}).get("rollout_actors")
+        except (yaml.YAMLError, AttributeError) as exc:
+            logger.warning("ppo: ignoring unreadable %s: %s", control_path, exc)
+            wanted = None
+        if wanted == _UNPLACED.get(control_path):
+            pass  # tried and could not be placed; waits for another value
+        elif isinstance(wanted, int) and wanted >= 1 and wanted != pool.size:
+            logger.info("ppo: resizing rollout pool %d -> %d", pool.size, wanted)
+            try:
+                pool.resize(wanted)
+            except PlacementTimeout as exc:
+                _UNPLACED[control_path] = wanted
+                notice = f"rollout pool stays at {pool.size} actor(s): {exc}"
+                logger.warning("ppo: %s", notice)
+                return {
+                    "rollout/actors": float(pool.size),
+                    "faults/resize_unplaced": 1.0,
+                    NOTICE_KEY: notice,
+                    **_fault_counts(pool),
+                }
+        elif wanted is not None and not (isinstance(wanted, int) and wanted >= 1):
+            logger.warning("ppo: %s: rollout_actors must be an int >= 1", control_path)
+    return {"rollout/actors": float(pool.size), **_fault_counts(pool)}
+
+
+def _fault_counts(pool: Any) -> dict[str, float]:
+    """`faults/<kind>`: the pool's recoveries so far in this process (rank 0)."""
+    return {f"faults/{kind}": float(n) for kind, n in pool.faults.items()}
+
+
+_UNPLACED: dict[Path, int] = {}
+"""Per control file, the pool size a resize could not place (not retried until it changes).
+Lives in rank 0's process; a restarted worker group tries once more."""
+
+
+def maybe_inject_failure(control_path: Path, it: int, rank: int) -> None:
+    """Chaos test hook: `fail_learner_at_iteration: k` in control.yaml makes the last rank
+    raise once at the start of iteration k (a marker file records that it fired), so Ray
+    Train restarts the worker group from the last checkpoint."""
+    world = ray.train.get_context().get_world_size()
+    fired = control_path.with_name(control_path.name + ".failure_fired")
+    if rank != world - 1 or not control_path.is_file() or fired.exists():
+        return
+    import yaml
+
+    try:
+        wanted = (yaml.safe_load(control_path.read_text()) or {}).get("fail_learner_at_iteration")
+    except (yaml.YAMLError, AttributeError):
+        return
+    if wanted == it + 1:
+        fired.write_text(f"iteration {it + 1}\n")
+        raise RuntimeError(f"injected learner failure at iteration {it + 1} ({control_path})")
