@@ -316,8 +316,16 @@ class PPOLearner:
             is_weights, is_stats = _is_weights(old_lp, batch.sample_logprobs, mask, ppo)
             stats |= is_stats
         exp = Experience(
-            ids, attn, mask, old_lp, ref_lp, advantages.float(), returns, values,
-            batch.sample_logprobs, is_weights,
+            ids,
+            attn,
+            mask,
+            old_lp,
+            ref_lp,
+            advantages.float(),
+            returns,
+            values,
+            batch.sample_logprobs,
+            is_weights,
         )
         return exp, stats
 
@@ -334,7 +342,12 @@ class PPOLearner:
         logprobs = token_logprobs(logits, exp.input_ids)
         old = exp.old_logprobs if exp.old_logprobs is not None else logprobs.detach()
         loss, stats = algo.policy_loss(
-            logprobs, old, exp.advantages, exp.mask, ppo.clip_eps, num_tokens=divisor,
+            logprobs,
+            old,
+            exp.advantages,
+            exp.mask,
+            ppo.clip_eps,
+            num_tokens=divisor,
             is_weights=exp.is_weights,
         )
         if ppo.kl.placement == "loss":
