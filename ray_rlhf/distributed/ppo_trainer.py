@@ -19,6 +19,7 @@ import ray
 import ray.train
 import torch
 
+from ray_rlhf.chaos import kill_self_if_asked, pause_if_asked
 from ray_rlhf.config import EVAL_SAMPLED_TEMPERATURE, RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.distributed.checkpointing import (
@@ -162,8 +163,12 @@ def _apply_control(pools: dict, control_path: Path) -> dict[str, float]:
                 _UNPLACED[control_path] = wanted
                 notice = f"rollout pool stays at {pool.size} actor(s): {exc}"
                 logger.warning("ppo: %s", notice)
-                return {"rollout/actors": float(pool.size), "faults/resize_unplaced": 1.0,
-                        NOTICE_KEY: notice, **_fault_counts(pool)}
+                return {
+                    "rollout/actors": float(pool.size),
+                    "faults/resize_unplaced": 1.0,
+                    NOTICE_KEY: notice,
+                    **_fault_counts(pool),
+                }
         elif wanted is not None and not (isinstance(wanted, int) and wanted >= 1):
             logger.warning("ppo: %s: rollout_actors must be an int >= 1", control_path)
     return {"rollout/actors": float(pool.size), **_fault_counts(pool)}
@@ -179,23 +184,12 @@ _UNPLACED: dict[Path, int] = {}
 Lives in rank 0's process; a restarted worker group tries once more."""
 
 
-def _maybe_inject_failure(control_path: Path, it: int, rank: int) -> None:
-    """Chaos test hook: `fail_learner_at_iteration: k` in control.yaml makes the last rank
-    raise once at the start of iteration k (a marker file records that it fired), so Ray
+def _chaos_hooks(control_path: Path, it: int, rank: int) -> None:
+    """Fault-test hooks (`ray_rlhf.chaos`) at the start of iteration `it + 1`:
+    `kill_learner_at_iteration: k` makes the last rank SIGKILL its own process once, so Ray
     Train restarts the worker group from the last checkpoint."""
-    world = ray.train.get_context().get_world_size()
-    fired = control_path.with_name(control_path.name + ".failure_fired")
-    if rank != world - 1 or not control_path.is_file() or fired.exists():
-        return
-    import yaml
-
-    try:
-        wanted = (yaml.safe_load(control_path.read_text()) or {}).get("fail_learner_at_iteration")
-    except (yaml.YAMLError, AttributeError):
-        return
-    if wanted == it + 1:
-        fired.write_text(f"iteration {it + 1}\n")
-        raise RuntimeError(f"injected learner failure at iteration {it + 1} ({control_path})")
+    if rank == ray.train.get_context().get_world_size() - 1:
+        kill_self_if_asked(control_path, "kill_learner_at_iteration", it + 1)
 
 
 def _learn_phase(learner: Any, scored: ScoredBatch, it: int) -> dict[str, float]:
@@ -268,7 +262,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
         writer.log(0, _evaluate(cfg, pools, eval_prompts, learner))
     for it in range(start, cfg.ppo.iterations):
         t0 = time.perf_counter()
-        _maybe_inject_failure(Path(config["control_path"]), it, rank)
+        _chaos_hooks(Path(config["control_path"]), it, rank)
         if rank == 0:
             metrics = _apply_control(pools, Path(config["control_path"]))
             scored, rollout_metrics = _rollout_phase(cfg, pools, prompts, it)
@@ -297,6 +291,8 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
             _save(learner, done, metrics, final=final)
         else:
             ray.train.report(metrics)
+        if rank == 0:  # fault tests: SIGKILL the driver here, then rerun the command
+            pause_if_asked(Path(config["control_path"]), "pause_ppo_after_iterations", done, "ppo")
     if writer is not None:
         writer.close()
 
