@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,21 @@ _UNPLACED: dict[Path, int] = {}
 Lives in rank 0's process; a restarted worker group tries once more."""
 
 
+def _learner_restarts(config: dict[str, Any], start: int) -> int:
+    """Rank 0 of a new worker group: how many groups of this launch started before it.
+
+    Each start appends the launch id (new per driver run) to `worker_groups.txt` in the
+    metrics dir, so a rerun of the command after a crash is a new launch, not a restart."""
+    path = Path(config["metrics_dir"]) / "worker_groups.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(config["launch_id"] + "\n")
+    restarts = path.read_text().split().count(config["launch_id"]) - 1
+    if restarts:
+        logger.warning("ppo: learner group restarted (%d) from iteration %d", restarts, start)
+    return restarts
+
+
 def _chaos_hooks(control_path: Path, it: int, rank: int) -> None:
     """Fault-test hooks (`ray_rlhf.chaos`) at the start of iteration `it + 1`:
     `kill_learner_at_iteration: k` makes the last rank SIGKILL its own process once, so Ray
@@ -257,6 +273,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     else:
         norm = _param_norm(learner.policy_state_dict())
     writer = MetricsWriter(config["metrics_dir"], resume_step=start) if rank == 0 else None
+    restarts = _learner_restarts(config, start) if rank == 0 else 0
     if start == 0 and cfg.ppo.eval_at_start and rank == 0:
         # The starting policy (usually SFT) under the same evaluation: step 0 of the curves.
         writer.log(0, _evaluate(cfg, pools, eval_prompts, learner))
@@ -270,6 +287,8 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
         else:
             scored, metrics = None, {}
         metrics["train/param_norm_start"] = norm
+        if restarts:
+            metrics["faults/learner_restarts"] = float(restarts)
         scored = _broadcast(scored)
         metrics |= _learn_phase(learner, scored, it)
         metrics |= _sync(learner, pools, it + 1, rank)
@@ -326,6 +345,7 @@ def run_ppo_trainer(
 ) -> Path:
     """Run PPO from `model_dir`; returns the final policy dir (`run_dir/ppo_policy`)."""
     loop_config = {
+        "launch_id": uuid.uuid4().hex,
         "cfg": cfg,
         "model_dir": str(Path(model_dir).resolve()),
         "pools": pools,

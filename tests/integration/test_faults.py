@@ -121,7 +121,9 @@ def test_learner_sigkill_restarts_from_checkpoint(tmp_path, base_model, referenc
     (run_dir / "control.yaml").write_text("kill_learner_at_iteration: 3\n")
     result = ppo.run(cfg, run_dir, base_model)
     assert (run_dir / "control.yaml.kill_learner_at_iteration_fired").is_file()
-    _assert_matches_reference(read_metrics(result.metrics_dir), reference)
+    rows = read_metrics(result.metrics_dir)
+    _assert_matches_reference(rows, reference)
+    assert [r.get("faults/learner_restarts", 0) for r in rows] == [0, 0, 1, 1]
 
 
 def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference):
