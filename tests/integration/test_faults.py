@@ -92,6 +92,18 @@ def _assert_matches_reference(rows: list[dict], reference: list[dict]) -> None:
     assert rows[-1]["train/param_norm"] == pytest.approx(reference[-1]["train/param_norm"])
 
 
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.fixture
+def no_shm_left():
+    """Fails the test if /dev/shm holds a segment after the run that was not there before."""
+    before = _shm()
+    yield
+    assert _shm() - before == set()
+
+
 def _alive_pids(class_name: str) -> list[int]:
     from ray.util.state import list_actors
 
@@ -112,7 +124,7 @@ def _kill_actor_when_logged(metrics: Path, step: int, class_name: str, killed: l
         time.sleep(0.05)
 
 
-def test_learner_sigkill_restarts_from_checkpoint(tmp_path, base_model, reference):
+def test_learner_sigkill_restarts_from_checkpoint(tmp_path, base_model, reference, no_shm_left):
     """The learner process SIGKILLs itself at the start of iteration 3 (checkpoint at 2):
     Ray Train starts a new worker group from the checkpoint, iteration 3 is replayed."""
     from ray_rlhf.loops import ppo
@@ -126,7 +138,7 @@ def test_learner_sigkill_restarts_from_checkpoint(tmp_path, base_model, referenc
     assert [r.get("faults/learner_restarts", 0) for r in rows] == [0, 0, 1, 1]
 
 
-def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference):
+def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference, no_shm_left):
     """The rollout actor's process is killed after iteration 1 is logged, the reward actor's
     after iteration 2: Ray restarts each, the rollout pool catches its actor up with the
     current weights and re-issues the share, the reward task is retried."""
@@ -164,7 +176,7 @@ def _ray_processes(temp_dir: Path) -> list[int]:
     return pids
 
 
-def test_driver_sigkill_then_rerun_resumes(tmp_path, base_model, reference):
+def test_driver_sigkill_then_rerun_resumes(tmp_path, base_model, reference, no_shm_left):
     """`jobs/train_ppo.py` pauses after iteration 3 (its checkpoint is at 2); its whole
     process group gets SIGKILL. No process of its embedded Ray cluster outlives it by more
     than a few seconds; the same command again resumes and finishes the run."""
