@@ -267,8 +267,10 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     learner = PPOLearner(config["model_dir"], cfg)
     start = _restore(learner)
     # Norm of the weights this iteration starts from (logged: a resume check). After a
-    # restore the rollout actors must serve the restored weights, so sync them first.
-    if start > 0:
+    # restore the rollout actors must serve the restored weights, so sync them first; so
+    # too after a restart before the first checkpoint (the pool's owner knows the version
+    # the actors serve; every rank reads the same value).
+    if start > 0 or pools["rollout"].version != 0:
         norm = _sync(learner, pools, start, rank).get("train/param_norm", 0.0)
     else:
         norm = _param_norm(learner.policy_state_dict())

@@ -124,18 +124,23 @@ def _kill_actor_when_logged(metrics: Path, step: int, class_name: str, killed: l
         time.sleep(0.05)
 
 
-def test_learner_sigkill_restarts_from_checkpoint(tmp_path, base_model, reference, no_shm_left):
-    """The learner process SIGKILLs itself at the start of iteration 3 (checkpoint at 2):
-    Ray Train starts a new worker group from the checkpoint, iteration 3 is replayed."""
+def test_learner_sigkill_after_a_resize(tmp_path, base_model, reference, no_shm_left):
+    """The rollout pool grows 1 -> 2 before iteration 1 (its owner creates the new actor),
+    then the learner process SIGKILLs itself at the start of iteration 3 (checkpoint at 2):
+    Ray Train starts a new worker group from the checkpoint, which finds both actors, and
+    iteration 3 is replayed. Row r samples with seed + r whatever the pool size, so the
+    rewards still equal the one-actor reference run's."""
     from ray_rlhf.loops import ppo
 
     cfg, run_dir = _prepare(tmp_path, base_model)
-    (run_dir / "control.yaml").write_text("kill_learner_at_iteration: 3\n")
+    (run_dir / "control.yaml").write_text("rollout_actors: 2\nkill_learner_at_iteration: 3\n")
     result = ppo.run(cfg, run_dir, base_model)
     assert (run_dir / "control.yaml.kill_learner_at_iteration_fired").is_file()
     rows = read_metrics(result.metrics_dir)
     _assert_matches_reference(rows, reference)
+    assert [r["rollout/actors"] for r in rows] == [2] * ITERATIONS
     assert [r.get("faults/learner_restarts", 0) for r in rows] == [0, 0, 1, 1]
+    assert _alive_pids("RolloutActor") == []  # shutdown reached the actor the resize added
 
 
 def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference, no_shm_left):
