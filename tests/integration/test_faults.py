@@ -6,7 +6,7 @@ rewards, and after each recovery the rollout actors serve the learner's weights
 iterations that were already logged.
 
 SIGKILL is sent to the learner worker (by the chaos hook: the process kills itself), to the
-rollout and reward actors' processes (found with Ray's state API), and to the whole driver
+rollout and reward actors' processes (found in the GCS's actor table), and to the whole driver
 process group of a `jobs/train_ppo.py` run, which the test then starts again.
 """
 
@@ -105,10 +105,12 @@ def no_shm_left():
 
 
 def _alive_pids(class_name: str) -> list[int]:
-    from ray.util.state import list_actors
+    """Processes of this cluster's live actors of `class_name` (from the GCS; the state
+    API needs the dashboard, which the embedded cluster does not start)."""
+    from ray._private import state
 
-    actors = list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
-    return [a.pid for a in actors]
+    actors = state.actors().values()
+    return [a["Pid"] for a in actors if a["ActorClassName"] == class_name and a["State"] == "ALIVE"]
 
 
 def _kill_actor_when_logged(metrics: Path, step: int, class_name: str, killed: list) -> None:

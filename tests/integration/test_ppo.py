@@ -122,8 +122,9 @@ def test_a_resize_that_cannot_be_placed_is_reported_and_the_run_goes_on(
     the run says so once (metrics + notice), keeps 1 actor and is not retried."""
     from ray_rlhf.loops import ppo
 
-    cfg = _cfg(tmp_path, "ppo.iterations=2", "rollout.cpus_per_actor=3",
-               "rollout.resize_timeout_s=3")
+    cfg = _cfg(
+        tmp_path, "ppo.iterations=2", "rollout.cpus_per_actor=3", "rollout.resize_timeout_s=3"
+    )
     cfg, run_dir = _prepare(cfg, base_model)
     (run_dir / "control.yaml").write_text("rollout_actors: 2\n")
     result = ppo.run(cfg, run_dir, base_model)

@@ -269,7 +269,7 @@ def test_pool_copies_share_one_owner(ray_session, sender, model_dir, perturbed_s
     import time
 
     import ray
-    from ray.util.state import list_actors
+    from ray._private import state
 
     from ray_rlhf.distributed.rollout_pool import RolloutPool
 
@@ -285,9 +285,9 @@ def test_pool_copies_share_one_owner(ray_session, sender, model_dir, perturbed_s
     finally:
         pool.shutdown()
 
-    def alive() -> list:
-        states = list_actors(filters=[("class_name", "=", "RolloutActor")])
-        return [a for a in states if a.state != "DEAD"]
+    def alive() -> list:  # the GCS's actor table (the state API needs the dashboard)
+        actors = state.actors().values()
+        return [a for a in actors if a["ActorClassName"] == "RolloutActor" and a["State"] != "DEAD"]
 
     deadline = time.monotonic() + 15
     while alive() and time.monotonic() < deadline:
