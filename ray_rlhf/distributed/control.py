@@ -1,6 +1,6 @@
 """The run's control file (`<run dir>/control.yaml`), read by learner rank 0 between PPO
-iterations: `rollout_actors: N` resizes the rollout pool; `fail_learner_at_iteration: k`
-is a chaos-test hook that makes a learner raise once."""
+iterations: `rollout_actors: N` resizes the rollout pool; `kill_learner_at_iteration: k`
+is a fault-test hook that makes a learner process SIGKILL itself once."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import ray
 import ray.train
 
+from ray_rlhf.chaos import kill_self_if_asked
 from ray_rlhf.distributed.rollout_pool import PlacementTimeout
 from ray_rlhf.progress import NOTICE_KEY
 
@@ -60,20 +61,9 @@ _UNPLACED: dict[Path, int] = {}
 Lives in rank 0's process; a restarted worker group tries once more."""
 
 
-def maybe_inject_failure(control_path: Path, it: int, rank: int) -> None:
-    """Chaos test hook: `fail_learner_at_iteration: k` in control.yaml makes the last rank
-    raise once at the start of iteration k (a marker file records that it fired), so Ray
+def chaos_hooks(control_path: Path, it: int, rank: int) -> None:
+    """Fault-test hooks (`ray_rlhf.chaos`) at the start of iteration `it + 1`:
+    `kill_learner_at_iteration: k` makes the last rank SIGKILL its own process once, so Ray
     Train restarts the worker group from the last checkpoint."""
-    world = ray.train.get_context().get_world_size()
-    fired = control_path.with_name(control_path.name + ".failure_fired")
-    if rank != world - 1 or not control_path.is_file() or fired.exists():
-        return
-    import yaml
-
-    try:
-        wanted = (yaml.safe_load(control_path.read_text()) or {}).get("fail_learner_at_iteration")
-    except (yaml.YAMLError, AttributeError):
-        return
-    if wanted == it + 1:
-        fired.write_text(f"iteration {it + 1}\n")
-        raise RuntimeError(f"injected learner failure at iteration {it + 1} ({control_path})")
+    if rank == ray.train.get_context().get_world_size() - 1:
+        kill_self_if_asked(control_path, "kill_learner_at_iteration", it + 1)

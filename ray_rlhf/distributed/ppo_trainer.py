@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import ray
 import ray.train
 import torch
 
+from ray_rlhf.chaos import pause_if_asked
 from ray_rlhf.config import EVAL_SAMPLED_TEMPERATURE, RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.distributed.checkpointing import (
@@ -34,7 +36,7 @@ from ray_rlhf.distributed.checkpointing import (
     report_checkpoint,
     restore_latest,
 )
-from ray_rlhf.distributed.control import apply_control, maybe_inject_failure
+from ray_rlhf.distributed.control import apply_control, chaos_hooks
 from ray_rlhf.distributed.rollout_pool import PendingRollout
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
@@ -232,6 +234,21 @@ def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet, learner: Any) ->
     return out
 
 
+def _learner_restarts(config: dict[str, Any], start: int) -> int:
+    """Rank 0 of a new worker group: how many groups of this launch started before it.
+
+    Each start appends the launch id (new per driver run) to `worker_groups.txt` in the
+    metrics dir, so a rerun of the command after a crash is a new launch, not a restart."""
+    path = Path(config["metrics_dir"]) / "worker_groups.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(config["launch_id"] + "\n")
+    restarts = path.read_text().split().count(config["launch_id"]) - 1
+    if restarts:
+        logger.warning("ppo: learner group restarted (%d) from iteration %d", restarts, start)
+    return restarts
+
+
 def _learn_phase(learner: Any, scored: ScoredBatch, it: int) -> dict[str, float]:
     """Every rank: experience + PPO epochs on its share of prompt groups."""
     rank = ray.train.get_context().get_world_rank()
@@ -291,12 +308,15 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     learner = PPOLearner(config["model_dir"], cfg)
     start = _restore(learner)
     # Norm of the weights this iteration starts from (logged: a resume check). After a
-    # restore the rollout actors must serve the restored weights, so sync them first.
-    if start > 0:
+    # restore the rollout actors must serve the restored weights, so sync them first; so
+    # too after a restart before the first checkpoint (the pool's owner knows the version
+    # the actors serve; every rank reads the same value).
+    if start > 0 or pools["rollout"].version != 0:
         norm = _sync(learner, pools, start, rank).get("train/param_norm", 0.0)
     else:
         norm = _param_norm(learner.policy_state_dict())
     writer = MetricsWriter(config["metrics_dir"], resume_step=start) if rank == 0 else None
+    restarts = _learner_restarts(config, start) if rank == 0 else 0
     if start == 0 and cfg.ppo.eval_at_start and rank == 0:
         # The starting policy (usually SFT) under the same evaluation: step 0 of the curves.
         writer.log(0, _evaluate(cfg, pools, eval_prompts, learner))
@@ -304,13 +324,15 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     ahead: Launched | None = None  # rank 0, async mode: the next iteration's generation
     for it in range(start, cfg.ppo.iterations):
         t0 = time.perf_counter()
-        maybe_inject_failure(control, it, rank)
+        chaos_hooks(control, it, rank)
         if rank == 0:
             scored, metrics = _take_rollout(cfg, pools, prompts, it, ahead, control)
             ahead = _launch_ahead(cfg, pools, prompts, it)
         else:
             scored, metrics = None, {}
         metrics["train/param_norm_start"] = norm
+        if restarts:
+            metrics["faults/learner_restarts"] = float(restarts)
         scored = _broadcast(scored)
         metrics |= _learn_phase(learner, scored, it)
         if ahead is not None:
@@ -336,6 +358,8 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
             _save(learner, done, metrics, final=final)
         else:
             ray.train.report(metrics)
+        if rank == 0:  # fault tests: SIGKILL the driver here, then rerun the command
+            pause_if_asked(Path(config["control_path"]), "pause_ppo_after_iterations", done, "ppo")
     if writer is not None:
         writer.close()
 
@@ -369,6 +393,7 @@ def run_ppo_trainer(
 ) -> Path:
     """Run PPO from `model_dir`; returns the final policy dir (`run_dir/ppo_policy`)."""
     loop_config = {
+        "launch_id": uuid.uuid4().hex,
         "cfg": cfg,
         "model_dir": str(Path(model_dir).resolve()),
         "pools": pools,

@@ -14,9 +14,14 @@ current weights the same way before they serve. An object-store sync re-sends to
 that died during it; a broadcast sync that fails raises (the pool keeps the previous
 version) and the next sync rebuilds the group.
 
-A pool object is picklable (it can be handed to a Ray Train worker); a copy shares the
-actors but keeps its own membership list, version and current weights. Drive the pool
-(generate / update_weights / resize) from one copy; `shutdown` works from any.
+One owner per pool: the membership (the actor handles), the weights version and the fault
+counts live in a `RolloutPoolOwner` actor created with the pool, and that actor creates
+every rollout actor, so actors added by a resize outlive the process that asked for them (a
+learner worker that Ray Train restarts). A pool object is picklable (it is handed to the Ray
+Train workers); an unpickled copy reads the current membership from the owner before its
+first call, and every change is written back. Drive the pool (generate / update_weights /
+resize) from one process at a time; `shutdown` from the driver stops every actor the owner
+has, whoever added it.
 """
 
 from __future__ import annotations
@@ -57,7 +62,6 @@ autoscaler adds rollout nodes); CPUs / GPUs limit how many actors fit on a node.
 logger = logging.getLogger(__name__)
 
 _RESTART_WAIT_S = 300.0
-
 
 
 class PlacementTimeout(RuntimeError):
@@ -124,6 +128,61 @@ class RolloutActor:
         self.worker.shutdown()
 
 
+class RolloutPoolOwner:
+    """Actor body owning a pool's rollout actors: creates and stops them and keeps the
+    membership, weights version and fault counts that every copy of the pool reads."""
+
+    def __init__(self, actor_args: tuple, actor_kwargs: dict, options: dict) -> None:
+        self._remote_cls = ray.remote(RolloutActor).options(**options)
+        self._args, self._kwargs = actor_args, actor_kwargs
+        self._members: list[Any] = []
+        self._version = 0
+        self._faults: dict[str, int] = {}
+
+    def start(self, count: int, timeout_s: float | None) -> tuple[list[Any], int]:
+        """Create `count` actors (owned here) and wait up to `timeout_s` for them to be
+        placed and started. Returns (the actors, how many did not start in time); when any
+        did not, none are returned (all are stopped)."""
+        new = [self._remote_cls.remote(*self._args, **self._kwargs) for _ in range(count)]
+        refs = [a.weights_version.remote() for a in new]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(ready) == len(refs):
+            return new, 0
+        _stop_actors([a for a, r in zip(new, refs, strict=True) if r in ready])
+        for actor in new:  # not placed (or still starting): cancel without waiting
+            ray.kill(actor, no_restart=True)
+        return [], len(refs) - len(ready)
+
+    def stop(self, actors: list[Any]) -> None:
+        """Shut the actors' engines down and kill them."""
+        _stop_actors(actors)
+
+    def commit(self, members: list[Any], version: int, faults: dict[str, int]) -> None:
+        """Record the pool's current state (after any change by any copy)."""
+        self._members, self._version, self._faults = list(members), version, dict(faults)
+
+    def state(self) -> tuple[list[Any], int, dict[str, int]]:
+        """(members, weights version, fault counts) as last committed."""
+        return self._members, self._version, self._faults
+
+    def shutdown(self) -> None:
+        """Stop every member."""
+        members, self._members = self._members, []
+        _stop_actors(members)
+
+
+def _stop_actors(actors: list[Any]) -> None:
+    """Shut engines down (no /dev/shm leaks), then kill the actors."""
+    for actor, ref in [(a, a.shutdown.remote()) for a in actors]:
+        try:
+            ray.get(ref)
+        except RayActorError:
+            pass  # already dead: nothing left to shut down
+        except RayError as exc:  # still kill it; /dev/shm may need cleaning
+            warnings.warn(f"rollout engine shutdown failed: {exc}", stacklevel=2)
+        ray.kill(actor, no_restart=True)
+
+
 class RolloutPool:
     """`cfg.num_actors` rollout actors behind one generate / update_weights interface.
 
@@ -167,17 +226,43 @@ class RolloutPool:
         self._version = 0
         self._handle: WeightsHandle | None = None  # current weights in the object store
         self._state: Mapping[str, torch.Tensor] | None = None  # broadcast: kept for catch-up
-        self._add_actors(cfg.num_actors)
+        owner_cls = ray.remote(RolloutPoolOwner).options(num_cpus=0)
+        self._owner = owner_cls.remote(self._actor_args, self._actor_kwargs, self._actor_options())
+        try:
+            self._add_actors(cfg.num_actors)
+        except BaseException:
+            ray.kill(self._owner)
+            raise
         self._pad_id: int = ray.get(self._actors[0].pad_token_id.remote())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy reads membership, version and fault counts from the owner; the weights
+        # kept for catch-ups stay here (the next update_weights sends them again).
+        state = self.__dict__ | {"_handle": None, "_state": None}
+        return state | {"_actors": [], "faults": collections.Counter()}
+
+    def _refresh(self) -> None:
+        """Adopt the owner's membership, version and fault counts (another copy, e.g. the
+        one in a learner worker, may have changed them). Called by every public method."""
+        actors, version, faults = ray.get(self._owner.state.remote())
+        if version != self._version:  # weights kept here are not the current ones
+            self._handle, self._state = None, None
+        self._actors, self._version = list(actors), version
+        self.faults = collections.Counter(faults)
+
+    def _commit(self) -> None:
+        ray.get(self._owner.commit.remote(self._actors, self._version, dict(self.faults)))
 
     @property
     def size(self) -> int:
         """Number of actors."""
+        self._refresh()
         return len(self._actors)
 
     @property
     def version(self) -> int:
         """Version of the weights this pool last sent (0: the base weights)."""
+        self._refresh()
         return self._version
 
     # ----------------------------------------------------------------------- generate
@@ -229,6 +314,7 @@ class RolloutPool:
         """
         if not prompts:
             raise ValueError("RolloutPool.generate: no prompts")
+        self._refresh()
         kwargs = {
             "n_samples": n_samples,
             "max_tokens": max_tokens,
@@ -278,6 +364,7 @@ class RolloutPool:
                 if batch.policy_version >= pending.version:
                     return batch
                 self.faults["rollout_restarts"] += 1  # restarted between calls: old weights
+                self._commit()
                 logger.warning("rollout actor %d was restarted by Ray; catching it up", k)
             self._catch_up([self._actors[k]])
             ref = resubmit()
@@ -296,8 +383,11 @@ class RolloutPool:
             `sync/bytes`, `sync/buckets`, `perf/sync_bytes_per_s`, and for the broadcast
             transport `timing/sync_group` (group (re)build, 0 when reused).
         """
+        self._refresh()
         if self._broadcast is None:
-            return self._sync_object_store(state, version).metrics()
+            metrics = self._sync_object_store(state, version).metrics()
+            self._commit()
+            return metrics
         connect_s = self._ensure_group(self._broadcast)
         try:
             stats = self._broadcast.send(self._actors, state, version)
@@ -308,6 +398,7 @@ class RolloutPool:
             self._broadcast.close()
             raise
         self._version, self._state, self._handle = version, state, None
+        self._commit()
         return stats.metrics() | {"timing/sync_group": connect_s}
 
     def _sync_object_store(self, state: Mapping[str, torch.Tensor], version: int) -> SyncStats:
@@ -362,6 +453,7 @@ class RolloutPool:
             try:
                 ray.get(self._actors[k].weights_version.remote())
                 self.faults["rollout_restarts"] += 1
+                self._commit()
                 logger.warning("rollout actor %d was restarted by Ray; catching it up", k)
                 return
             except ActorUnavailableError:
@@ -371,6 +463,7 @@ class RolloutPool:
             except ActorDiedError:  # out of restarts: a new actor takes its place
                 (self._actors[k],) = self._start_actors(1, timeout_s=self.cfg.resize_timeout_s)
                 self.faults["rollout_replacements"] += 1
+                self._commit()
                 logger.warning("rollout actor %d was out of restarts; replaced by a new one", k)
                 if self._broadcast is not None:
                     self._broadcast.close()  # membership changed
@@ -388,10 +481,12 @@ class RolloutPool:
         """
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+        self._refresh()
         if num_actors > self.size:
             self._add_actors(num_actors - self.size, timeout_s=self.cfg.resize_timeout_s)
         elif num_actors < self.size:
             removed, self._actors = self._actors[num_actors:], self._actors[:num_actors]
+            self._commit()
             self._stop(removed)
         if self._broadcast is not None:
             self._broadcast.close()  # membership changed: the next sync builds a new group
@@ -412,25 +507,19 @@ class RolloutPool:
 
     def _add_actors(self, count: int, timeout_s: float | None = None) -> None:
         self._actors.extend(self._start_actors(count, timeout_s))
+        self._commit()
 
     def _start_actors(self, count: int, timeout_s: float | None = None) -> list[Any]:
         """`count` new actors serving the current weights (not yet members)."""
-        remote_cls = ray.remote(RolloutActor).options(**self._actor_options())
-        new = [remote_cls.remote(*self._actor_args, **self._actor_kwargs) for _ in range(count)]
-        refs = [a.weights_version.remote() for a in new]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        if len(ready) < len(refs):
-            started = [a for a, r in zip(new, refs, strict=True) if r in ready]
-            self._stop(started)
-            for actor in new:  # not placed (or still starting): cancel without waiting
-                ray.kill(actor, no_restart=True)
+        new, missing = ray.get(self._owner.start.remote(count, timeout_s))
+        if missing:
             raise PlacementTimeout(
-                f"{len(refs) - len(ready)} of {count} new rollout actor(s) did not start within "
+                f"{missing} of {count} new rollout actor(s) did not start within "
                 f"rollout.resize_timeout_s={timeout_s:g} s: the cluster has no free "
                 f"{self._placement_needs()} and no autoscaler added a node"
             )
         try:
-            ray.get(refs)  # engines are up (raises what an actor's start raised)
+            ray.get([a.weights_version.remote() for a in new])  # raises a failed start
             self._catch_up(new)
         except Exception:
             self._stop(new)  # e.g. an unreadable model dir: leave no actors behind
@@ -443,21 +532,18 @@ class RolloutPool:
         needs = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **opts["resources"]}
         return ", ".join(f"{k}: {v:g}" for k, v in needs.items() if v)
 
-    @staticmethod
-    def _stop(actors: list[Any]) -> None:
+    def _stop(self, actors: list[Any]) -> None:
         """Shut engines down (no /dev/shm leaks), then kill the actors."""
-        for actor, ref in [(a, a.shutdown.remote()) for a in actors]:
-            try:
-                ray.get(ref)
-            except RayActorError:
-                pass  # already dead: nothing left to shut down
-            except RayError as exc:  # still kill it; /dev/shm may need cleaning
-                warnings.warn(f"rollout engine shutdown failed: {exc}", stacklevel=2)
-            ray.kill(actor, no_restart=True)
+        ray.get(self._owner.stop.remote(actors))
 
     def shutdown(self) -> None:
-        """Stop every actor (engines first). The pool is unusable afterwards."""
+        """Stop every actor the owner has, whichever copy added it (engines first), then
+        the owner. The pool is unusable afterwards; a second call does nothing."""
         if self._broadcast is not None:
             self._broadcast.close()
-        actors, self._actors = self._actors, []
-        self._stop(actors)
+        self._actors = []
+        try:
+            ray.get(self._owner.shutdown.remote())
+        except RayActorError:
+            return  # shut down already
+        ray.kill(self._owner)

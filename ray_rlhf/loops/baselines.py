@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ray_rlhf.chaos import pause_if_asked
 from ray_rlhf.config import ConfigError, RLHFConfig
 from ray_rlhf.data.errors import DataValidationError
 from ray_rlhf.progress import StageBar, StageProgress, metrics_postfix
@@ -205,23 +206,6 @@ def chunk_rows(
     return rows
 
 
-def _maybe_pause(control_path: Path, new_shards: int) -> None:
-    """The chaos hook of the module docstring."""
-    import yaml
-
-    def wanted() -> object:
-        if not control_path.is_file():
-            return None
-        return (yaml.safe_load(control_path.read_text()) or {}).get("pause_baselines_after_shards")
-
-    if wanted() != new_shards:
-        return
-    control_path.with_name(control_path.name + ".paused").write_text(f"{new_shards}\n")
-    logger.info("baselines: paused after %d shard(s) (%s)", new_shards, control_path)
-    while wanted() == new_shards:
-        time.sleep(0.2)
-
-
 def merge_shards(
     rows: list[dict[str, Any]], order: Sequence[str], out: Path, failed_path: Path
 ) -> list[str]:
@@ -354,7 +338,9 @@ def _sample(
             seconds = time.perf_counter() - t0
             logger.debug("baselines: %s: %d prompts, %.1f s", shard.name, len(chunk), seconds)
             bar.show(n_new, {"shard/prompts": len(chunk), "shard/seconds": seconds})
-            _maybe_pause(run_dir / "control.yaml", n_new)
+            pause_if_asked(
+                run_dir / "control.yaml", "pause_baselines_after_shards", n_new, "baselines"
+            )
     return rows
 
 

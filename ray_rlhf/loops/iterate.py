@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ray_rlhf.chaos import pause_if_asked
 from ray_rlhf.config import ContrastiveConfig, IterateConfig, RLHFConfig
 from ray_rlhf.loops.common import DONE_MARKER, RunDirError
 
@@ -426,23 +427,6 @@ class IterateResult:
     seconds: float
 
 
-def _maybe_pause(control_path: Path, key: str) -> None:
-    """The chaos hook of the module docstring."""
-    import yaml
-
-    def wanted() -> object:
-        if not control_path.is_file():
-            return None
-        return (yaml.safe_load(control_path.read_text()) or {}).get("pause_iterate_after")
-
-    if wanted() != key:
-        return
-    control_path.with_name(control_path.name + ".paused").write_text(f"{key}\n")
-    logger.info("iterate: paused after %s (%s)", key, control_path)
-    while wanted() == key:
-        time.sleep(0.2)
-
-
 def run_phase(cfg: RLHFConfig, run_dir: Path, phase: Phase) -> dict[str, Any]:
     """Runs one phase (its inputs are the earlier phases' outputs) and marks it done."""
     from ray_rlhf.loops.common import mark_done
@@ -463,7 +447,7 @@ def run_phase(cfg: RLHFConfig, run_dir: Path, phase: Phase) -> dict[str, Any]:
                 summary = run_ppo(cfg, run_dir, phase, inputs)
     mark_done(phase.dir(run_dir), summary)
     logger.info("%s: done (%.0f s)", phase, summary["seconds"])
-    _maybe_pause(run_dir / "control.yaml", phase.key)
+    pause_if_asked(run_dir / "control.yaml", "pause_iterate_after", phase.key, "iterate")
     return summary
 
 

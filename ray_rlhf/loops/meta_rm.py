@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ray_rlhf.chaos import pause_if_asked
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.learner.meta_rm import DomainData
 from ray_rlhf.loops.common import prepare_base_model
@@ -103,23 +104,6 @@ def load_domains(
             f"({cfg.meta.domains_per_step})"
         )
     return domains, tokenize_pairs(held_out, tokenizer, max_length)
-
-
-def _maybe_pause(control_path: Path, step: int) -> None:
-    """The chaos hook of the module docstring."""
-    import yaml
-
-    def wanted() -> object:
-        if not control_path.is_file():
-            return None
-        return (yaml.safe_load(control_path.read_text()) or {}).get("pause_meta_after_steps")
-
-    if wanted() != step:
-        return
-    control_path.with_name(control_path.name + ".paused").write_text(f"{step}\n")
-    logger.info("meta-rm: paused after outer step %d (%s)", step, control_path)
-    while wanted() == step:
-        time.sleep(0.2)
 
 
 def _postfix(row: Row) -> str:
@@ -197,7 +181,9 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> MetaRMResult:
             writer.log(learner.step, metrics)
             learner.save(run_dir / STATE_DIR)
             bar.show(learner.step, metrics)
-            _maybe_pause(run_dir / "control.yaml", learner.step)
+            pause_if_asked(
+                run_dir / "control.yaml", "pause_meta_after_steps", learner.step, "meta-rm"
+            )
     ev = learner.evaluate(held_out)
     pairs = int(held_out["chosen_input_ids"].shape[0])
     out = run_dir / "reward_model"

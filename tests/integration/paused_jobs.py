@@ -15,11 +15,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def kill_when_paused(
-    script: str, hook: str, args: list[str], run_dir: Path, log: Path, timeout_s: float
+    script: str,
+    hook: str,
+    args: list[str],
+    run_dir: Path,
+    log: Path,
+    timeout_s: float,
+    env: dict[str, str] | None = None,
 ) -> None:
     """Runs `script` (e.g. `jobs/meta_rm.py`) with `args`; `hook` is the control.yaml line
-    that makes it pause (e.g. `pause_meta_after_steps: 1`). Once it paused, kills its process
-    group with SIGKILL and removes the control file.
+    that makes it pause (e.g. `pause_meta_after_steps: 1`); `env` replaces the environment.
+    Once it paused, kills its process group with SIGKILL and removes the control file.
 
     Raises:
         AssertionError: the job exited, or did not pause within `timeout_s` (with the log's
@@ -35,6 +41,7 @@ def kill_when_paused(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=env,
         )
     try:
         deadline = time.monotonic() + timeout_s

@@ -53,8 +53,12 @@ def test_killed_baseline_job_resumes_then_ppo_uses_the_baselines(tmp_path, base_
     ]
     run_dir = tmp_path / "baselines"
     kill_when_paused(
-        "jobs/sample_baselines.py", "pause_baselines_after_shards: 1", args, run_dir,
-        tmp_path / "job.log", _PAUSE_TIMEOUT_S,
+        "jobs/sample_baselines.py",
+        "pause_baselines_after_shards: 1",
+        args,
+        run_dir,
+        tmp_path / "job.log",
+        _PAUSE_TIMEOUT_S,
     )
     shard_dir = run_dir / baselines.SHARD_DIR
     assert [p.name for p in shard_dir.glob("shard-*")] == ["shard-00000.parquet"]

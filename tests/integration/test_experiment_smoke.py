@@ -14,14 +14,29 @@ pytestmark = pytest.mark.integration
 TINY = {
     "experiment": {"seeds": [0], "kl_budgets": [0.01, 100.0]},
     "arms": {"vanilla": {}, "vanilla_long": {"ppo.iterations": 3, "ppo.kl.coef": 0.0}},
-    "data": {"max_prompt_tokens": 32, "max_response_tokens": 16,
-             "toyworld": {"n_sft": 256, "n_train_prompts": 16, "n_test_prompts": 4,
-                          "n_pref_train": 128, "n_pref_test": 64, "n_pref_shifted": 64}},
+    "data": {
+        "max_prompt_tokens": 32,
+        "max_response_tokens": 16,
+        "toyworld": {
+            "n_sft": 256,
+            "n_train_prompts": 16,
+            "n_test_prompts": 4,
+            "n_pref_train": 128,
+            "n_pref_test": 64,
+            "n_pref_shifted": 64,
+        },
+    },
     "sft": {"steps": 20, "batch_size": 16, "log_every": 10, "checkpoint_every": 0},
     "rm": {"steps": 10, "batch_size": 16, "eval_every": 10},
     "rollout": {"kv_cache_mib": 16},
-    "ppo": {"iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 16,
-            "micro_batch_size": 8, "eval_every": 1, "checkpoint_every": 10},
+    "ppo": {
+        "iterations": 2,
+        "prompts_per_iteration": 4,
+        "minibatch_size": 16,
+        "micro_batch_size": 8,
+        "eval_every": 1,
+        "checkpoint_every": 10,
+    },
 }
 
 

@@ -115,12 +115,19 @@ def test_a_minibatch_that_does_not_divide_the_iteration_is_refused(
     ray_tmp.mkdir()
     env = os.environ | {"PYTHONPATH": str(ROOT), "RAY_RLHF_RAY_TMP": str(ray_tmp)}
     argv = [
-        f"run.output_dir={tmp_path}", f"model.path={chat_model}",
-        f"data.prompts_path={chat_prompts}", *_OVERRIDES, "ppo.minibatch_size=24",
+        f"run.output_dir={tmp_path}",
+        f"model.path={chat_model}",
+        f"data.prompts_path={chat_prompts}",
+        *_OVERRIDES,
+        "ppo.minibatch_size=24",
     ]
     proc = subprocess.run(
         [sys.executable, "-m", "ray_rlhf.cli", "ppo", *argv],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr

@@ -74,8 +74,12 @@ def test_killed_iterate_job_resumes_at_its_phase_and_reports_every_round(tmp_pat
     run_dir = tmp_path / "iterate_it"
     t0 = time.monotonic()
     kill_when_paused(
-        "jobs/iterate.py", "pause_iterate_after: round_1/rm", args, run_dir,
-        tmp_path / "job.log", _PAUSE_TIMEOUT_S,
+        "jobs/iterate.py",
+        "pause_iterate_after: round_1/rm",
+        args,
+        run_dir,
+        tmp_path / "job.log",
+        _PAUSE_TIMEOUT_S,
     )
     killed_after = time.monotonic() - t0
     assert [p for p in PHASES if (run_dir / p / "DONE.json").is_file()] == PHASES[:3]

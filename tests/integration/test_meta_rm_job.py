@@ -68,7 +68,11 @@ def test_killed_meta_rm_job_resumes_and_exports_a_loadable_reward_model(
     ]
     run_dir = tmp_path / "meta_it"
     kill_when_paused(
-        "jobs/meta_rm.py", "pause_meta_after_steps: 1", args, run_dir, tmp_path / "job.log",
+        "jobs/meta_rm.py",
+        "pause_meta_after_steps: 1",
+        args,
+        run_dir,
+        tmp_path / "job.log",
         _PAUSE_TIMEOUT_S,
     )
     state_dir = run_dir / meta_rm.STATE_DIR

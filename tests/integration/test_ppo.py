@@ -122,8 +122,9 @@ def test_a_resize_that_cannot_be_placed_is_reported_and_the_run_goes_on(
     the run says so once (metrics + notice), keeps 1 actor and is not retried."""
     from ray_rlhf.loops import ppo
 
-    cfg = _cfg(tmp_path, "ppo.iterations=2", "rollout.cpus_per_actor=3",
-               "rollout.resize_timeout_s=3")
+    cfg = _cfg(
+        tmp_path, "ppo.iterations=2", "rollout.cpus_per_actor=3", "rollout.resize_timeout_s=3"
+    )
     cfg, run_dir = _prepare(cfg, base_model)
     (run_dir / "control.yaml").write_text("rollout_actors: 2\n")
     result = ppo.run(cfg, run_dir, base_model)
@@ -160,19 +161,3 @@ def test_gae_critic_zero3_broadcast_sync(tmp_path, base_model, ray_session):
     assert rows[1]["train/kl_coef"] != rows[0]["train/kl_coef"]  # the controller moved
     assert rows[1]["train/logprob_diff_max"] < 1e-4  # broadcast delivered the ZeRO-3 weights
     assert rows[1]["train/param_norm_start"] == pytest.approx(rows[0]["train/param_norm"])
-
-
-def test_learner_failure_restarts_from_checkpoint(tmp_path, base_model, ray_session):
-    """A learner worker dies at iteration 2: Ray Train restarts the group from the iteration-1
-    checkpoint, the run completes, and no iteration is logged twice."""
-    from ray_rlhf.loops import ppo
-
-    cfg = _cfg(tmp_path, "ppo.iterations=3", "ppo.checkpoint_every=1", "learner.max_failures=1")
-    cfg, run_dir = _prepare(cfg, base_model)
-    (run_dir / "control.yaml").write_text("fail_learner_at_iteration: 2\n")
-    result = ppo.run(cfg, run_dir, base_model)
-    assert (run_dir / "control.yaml.failure_fired").is_file()
-    rows = read_metrics(result.metrics_dir)
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert rows[1]["train/param_norm_start"] == pytest.approx(rows[0]["train/param_norm"])
-    assert rows[1]["train/logprob_diff_max"] < 1e-4  # rollout actors re-synced after restart

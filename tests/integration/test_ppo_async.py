@@ -53,9 +53,9 @@ def test_async_samples_are_one_version_old_weighted_and_restartable(
     cfg = load_config(None, [*overrides, *_OVERRIDES])
     run_dir = prepare_run_dir(cfg)
     cfg = preflight(cfg, run_dir, ("ppo",), base_dir=base_model)
-    (run_dir / "control.yaml").write_text("rollout_actors: 2\nfail_learner_at_iteration: 3\n")
+    (run_dir / "control.yaml").write_text("rollout_actors: 2\nkill_learner_at_iteration: 3\n")
     rows = read_metrics(ppo.run(cfg, run_dir, base_model).metrics_dir)
-    assert (run_dir / "control.yaml.failure_fired").is_file()
+    assert (run_dir / "control.yaml.kill_learner_at_iteration_fired").is_file()
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert [r["rollout/actors"] for r in rows] == [2, 2, 2]
     # The versions the rollout actors recorded. Iteration 1 samples the base weights now

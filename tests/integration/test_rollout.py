@@ -258,7 +258,41 @@ def test_broadcast_transport_syncs_every_actor(
         assert ray.get(learner.greedy.remote(IDS, PROMPTS)).responses == base.responses
     finally:
         ray.kill(learner)
-        pool.shutdown()  # this copy still lists the removed actor: it is skipped as dead
+        pool.shutdown()
+
+
+def test_pool_copies_share_one_owner(ray_session, sender, model_dir, perturbed_state):
+    """A copy of the pool in another process (as in a learner worker) grows it and syncs
+    weights, then that process dies: the actor it added lives on (the pool's owner actor
+    created it), the driver's copy sees both actors and the version, and its shutdown
+    stops both."""
+    import time
+
+    import ray
+    from ray._private import state
+
+    from ray_rlhf.distributed.rollout_pool import RolloutPool
+
+    pool = RolloutPool(str(model_dir), CFG, max_model_len=MAX_LEN)
+    learner = sender.remote(pool)
+    try:
+        ray.get(learner.resize.remote(2))
+        ray.get(learner.update.remote(perturbed_state, 1))
+        ray.kill(learner)
+        assert pool.size == 2 and pool.version == 1
+        assert _actor_versions(pool) == [1, 1]
+        assert _greedy(pool).policy_version == 1
+    finally:
+        pool.shutdown()
+
+    def alive() -> list:  # the GCS's actor table (the state API needs the dashboard)
+        actors = state.actors().values()
+        return [a for a in actors if a["ActorClassName"] == "RolloutActor" and a["State"] != "DEAD"]
+
+    deadline = time.monotonic() + 15
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert alive() == []
 
 
 def test_pool_with_unreadable_model_dir_fails_cleanly(ray_session, tmp_path):

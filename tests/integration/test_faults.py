@@ -1,0 +1,226 @@
+"""Real process kills during PPO on the tiny model, each run checked against an
+uninterrupted run with the same seed: it finishes, every iteration is in `metrics.jsonl`
+exactly once, every iteration used the same prompts (`data/first_prompt_index`) and the same
+rewards, and after each recovery the rollout actors serve the learner's weights
+(`train/logprob_diff_max` < 1e-4). Checkpoints every 2 iterations, so a recovery replays
+iterations that were already logged.
+
+SIGKILL is sent to the learner worker (by the chaos hook: the process kills itself), to the
+rollout and reward actors' processes (found in the GCS's actor table), and to the whole driver
+process group of a `jobs/train_ppo.py` run, which the test then starts again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_rlhf.config import load_config
+from ray_rlhf.metrics import read_metrics
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ITERATIONS = 4
+_OVERRIDES = [
+    "run.name=faults",
+    "run.seed=3",
+    "learner.num_workers=1",
+    "learner.max_failures=1",
+    "rollout.num_actors=1",
+    "rollout.kv_cache_mib=16",
+    "rollout.max_restarts=1",
+    "reward.num_actors=1",
+    f"ppo.iterations={ITERATIONS}",
+    "ppo.checkpoint_every=2",
+    f"ppo.eval_every={ITERATIONS}",
+    "ppo.prompts_per_iteration=8",
+    "ppo.minibatch_size=16",
+    "ppo.micro_batch_size=8",
+    "ppo.lr=0.001",
+    "data.toyworld.n_train_prompts=64",
+    "data.toyworld.n_test_prompts=16",
+]
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    from ray_rlhf.data.toyworld import vocabulary
+    from ray_rlhf.models.factory import TinyModelSpec, write_tiny_model
+    from ray_rlhf.models.tokenizer import build_word_tokenizer
+
+    out = tmp_path_factory.mktemp("base") / "policy"
+    return write_tiny_model(out, build_word_tokenizer(vocabulary()), TinyModelSpec())
+
+
+def _overrides(out_dir: Path, base_model: Path) -> list[str]:
+    return [f"run.output_dir={out_dir}", f"model.path={base_model}", *_OVERRIDES]
+
+
+def _prepare(out_dir: Path, base_model: Path):
+    """(config with resolved token limits, run dir), as `ppo.run_job` prepares them."""
+    from ray_rlhf.loops.common import prepare_run_dir
+    from ray_rlhf.loops.preflight import preflight
+
+    cfg = load_config(None, _overrides(out_dir, base_model))
+    run_dir = prepare_run_dir(cfg)
+    return preflight(cfg, run_dir, ("ppo",), base_dir=base_model), run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, base_model, ray_session):
+    """Metrics rows of the uninterrupted run."""
+    from ray_rlhf.loops import ppo
+
+    cfg, run_dir = _prepare(tmp_path_factory.mktemp("reference"), base_model)
+    return read_metrics(ppo.run(cfg, run_dir, base_model).metrics_dir)
+
+
+def _assert_matches_reference(rows: list[dict], reference: list[dict]) -> None:
+    assert [r["step"] for r in rows] == list(range(1, ITERATIONS + 1))  # each exactly once
+    for row, ref in zip(rows, reference, strict=True):
+        assert row["data/first_prompt_index"] == ref["data/first_prompt_index"]
+        assert row["reward/mean"] == pytest.approx(ref["reward/mean"], abs=1e-6)
+        assert row["train/logprob_diff_max"] < 1e-4
+    assert rows[-1]["train/param_norm"] == pytest.approx(reference[-1]["train/param_norm"])
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.fixture
+def no_shm_left():
+    """Fails the test if /dev/shm holds a segment after the run that was not there before."""
+    before = _shm()
+    yield
+    assert _shm() - before == set()
+
+
+def _alive_pids(class_name: str) -> list[int]:
+    """Processes of this cluster's live actors of `class_name` (from the GCS; the state
+    API needs the dashboard, which the embedded cluster does not start)."""
+    from ray._private import state
+
+    actors = state.actors().values()
+    return [a["Pid"] for a in actors if a["ActorClassName"] == class_name and a["State"] == "ALIVE"]
+
+
+def _kill_actor_when_logged(metrics: Path, step: int, class_name: str, killed: list) -> None:
+    """Once `metrics` has the row of iteration `step`, SIGKILL the (one) live actor of
+    `class_name`: the next iteration's call to it is in flight or about to be."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if metrics.is_file() and any(r["step"] >= step for r in read_metrics(metrics.parent)):
+            (pid,) = _alive_pids(class_name)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def test_learner_sigkill_after_a_resize(tmp_path, base_model, reference, no_shm_left):
+    """The rollout pool grows 1 -> 2 before iteration 1 (its owner creates the new actor),
+    then the learner process SIGKILLs itself at the start of iteration 3 (checkpoint at 2):
+    Ray Train starts a new worker group from the checkpoint, which finds both actors, and
+    iteration 3 is replayed. Row r samples with seed + r whatever the pool size, so the
+    rewards still equal the one-actor reference run's."""
+    from ray_rlhf.loops import ppo
+
+    cfg, run_dir = _prepare(tmp_path, base_model)
+    (run_dir / "control.yaml").write_text("rollout_actors: 2\nkill_learner_at_iteration: 3\n")
+    result = ppo.run(cfg, run_dir, base_model)
+    assert (run_dir / "control.yaml.kill_learner_at_iteration_fired").is_file()
+    rows = read_metrics(result.metrics_dir)
+    _assert_matches_reference(rows, reference)
+    assert [r["rollout/actors"] for r in rows] == [2] * ITERATIONS
+    assert [r.get("faults/learner_restarts", 0) for r in rows] == [0, 0, 1, 1]
+    assert _alive_pids("RolloutActor") == []  # shutdown reached the actor the resize added
+
+
+def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference, no_shm_left):
+    """The rollout actor's process is killed after iteration 1 is logged, the reward actor's
+    after iteration 2: Ray restarts each, the rollout pool catches its actor up with the
+    current weights and re-issues the share, the reward task is retried."""
+    from ray_rlhf.loops import ppo
+
+    cfg, run_dir = _prepare(tmp_path, base_model)
+    metrics = run_dir / "ppo" / "metrics.jsonl"
+    killed: list[int] = []
+
+    def chaos() -> None:
+        _kill_actor_when_logged(metrics, 1, "RolloutActor", killed)
+        _kill_actor_when_logged(metrics, 2, "RewardScorer", killed)
+
+    thread = threading.Thread(target=chaos, daemon=True)
+    thread.start()
+    result = ppo.run(cfg, run_dir, base_model)
+    thread.join(timeout=10)
+    assert len(killed) == 2
+    rows = read_metrics(result.metrics_dir)
+    _assert_matches_reference(rows, reference)
+    assert rows[-1]["faults/rollout_restarts"] == 1
+
+
+def _ray_processes(temp_dir: Path) -> list[int]:
+    """Processes whose command line names this run's Ray temp dir (raylet, GCS, workers)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if str(temp_dir) in " ".join(proc.info["cmdline"] or []):
+                pids.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+def test_driver_sigkill_then_rerun_resumes(tmp_path, base_model, reference, no_shm_left):
+    """`jobs/train_ppo.py` pauses after iteration 3 (its checkpoint is at 2); its whole
+    process group gets SIGKILL. No process of its embedded Ray cluster outlives it by more
+    than a few seconds; the same command again resumes and finishes the run."""
+    from paused_jobs import kill_when_paused
+
+    short = Path(os.environ.get("RAY_RLHF_CACHE", ROOT / ".cache")) / f"rk{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_RLHF_RAY_TMP"] = str(short)
+    args = [*_overrides(tmp_path, base_model), "resources.num_cpus=4"]
+    run_dir = tmp_path / "faults"
+    try:
+        kill_when_paused(
+            "jobs/train_ppo.py",
+            "pause_ppo_after_iterations: 3",
+            args,
+            run_dir,
+            tmp_path / "killed.log",
+            timeout_s=600,
+            env=env,
+        )
+        deadline = time.monotonic() + 10
+        while _ray_processes(short) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _ray_processes(short) == []
+        logged = read_metrics(run_dir / "ppo")
+        assert [r["step"] for r in logged] == [1, 2, 3]
+        done = subprocess.run(
+            [sys.executable, "jobs/train_ppo.py", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        _assert_matches_reference(read_metrics(run_dir / "ppo"), reference)
+    finally:
+        for pid in _ray_processes(short):  # only if an assertion above failed
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["rm", "-rf", str(short)], check=False)
