@@ -144,7 +144,8 @@ class RolloutPool:
         `rollout_replacements` (an actor out of restarts was replaced)."""
         self._version = 0
         self._handle: WeightsHandle | None = None  # current weights in the object store
-        self._state: Mapping[str, torch.Tensor] | None = None  # broadcast: kept for catch-up
+        # Broadcast: the weights as last sent (the transport's copy), kept for catch-ups.
+        self._state: Mapping[str, torch.Tensor] | None = None
         self._add_actors(cfg.num_actors)
         self._pad_id: int = ray.get(self._actors[0].pad_token_id.remote())
 
@@ -221,8 +222,9 @@ class RolloutPool:
     def update_weights(self, state: Mapping[str, torch.Tensor], version: int) -> dict[str, float]:
         """Send full HF-named weights to every actor; they serve `version` afterwards.
 
-        The pool keeps the weights for catch-ups (the object-store handle, or for the
-        broadcast transport a reference to `state`: do not modify it in place afterwards).
+        The pool keeps the weights for catch-ups: the object-store handle, or for the
+        broadcast transport the buffers it broadcast, a copy of `state` (so `state` may be
+        the learner's live parameters, which change in place when it trains on).
 
         Returns:
             `timing/sync_transfer` (seconds until every actor serves the new weights),
@@ -233,14 +235,14 @@ class RolloutPool:
             return self._sync_object_store(state, version).metrics()
         connect_s = self._ensure_group(self._broadcast)
         try:
-            stats = self._broadcast.send(self._actors, state, version)
+            stats, sent = self._broadcast.send(self._actors, state, version)
         except Exception:
             # Closing our end makes the receivers fail fast instead of blocking until the
             # group timeout; the next sync rebuilds the group (restarted actors report no
             # group id). The pool keeps serving the previous version.
             self._broadcast.close()
             raise
-        self._version, self._state, self._handle = version, state, None
+        self._version, self._state, self._handle = version, sent, None
         return stats.metrics() | {"timing/sync_group": connect_s}
 
     def _sync_object_store(self, state: Mapping[str, torch.Tensor], version: int) -> SyncStats:
