@@ -1,5 +1,6 @@
 """`full_state_dict` below ZeRO-3 hands out the module's own tensors (no copy of the model),
-and tied weights stay one tensor."""
+tied weights stay one tensor, and `_param_norm` matches a float64 reference without a float64
+copy of each tensor."""
 
 from __future__ import annotations
 
@@ -56,3 +57,21 @@ def test_full_state_dict_at_zero0_is_the_modules_own_tensors():
         assert state[name].data_ptr() == p.data_ptr(), name  # no copy
     assert state["lm_head.weight"] is state["model.embed_tokens.weight"]
 
+
+def test_param_norm_matches_float64_over_every_entry(monkeypatch):
+    from ray_rlhf.distributed import ppo_trainer
+
+    g = torch.Generator().manual_seed(0)
+    embed = torch.randn(300, 7, generator=g)
+    state = {
+        "embed": embed,
+        "lm_head": embed,  # tied: counted under both names, as before
+        "big": 1000.0 + torch.randn(5000, generator=g),
+        "half": torch.randn(40, generator=g).to(torch.bfloat16),
+        "scalar": torch.tensor(3.0),
+    }
+    old = float(torch.sqrt(sum((t.double() ** 2).sum() for t in state.values())))
+    assert ppo_trainer._param_norm(state) == pytest.approx(old, rel=1e-12)
+    monkeypatch.setattr(ppo_trainer, "_NORM_CHUNK", 64)  # many chunks per tensor
+    assert ppo_trainer._param_norm(state) == pytest.approx(old, rel=1e-12)
+    assert ppo_trainer._param_norm({"x": torch.tensor([3.0, 4.0])}) == 5.0
