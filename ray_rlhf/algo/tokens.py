@@ -77,7 +77,8 @@ def response_token_logprobs(
     """`token_logprobs` on the response tokens only, from their logits alone.
 
     Equal to `token_logprobs(full_logits, input_ids) * mask` (differentiable), without a
-    (B, T, V) tensor or a float32 copy of one: rows are upcast `chunk_rows` at a time.
+    (B, T, V) tensor or a float32 copy of one: rows are upcast `chunk_rows` at a time. (With
+    autograd, bfloat16 logits' float32 chunks are kept for the backward: N x V float32.)
 
     Args:
         logits: (N, V) any float dtype: the logits at `logit_positions(mask)`, row-major

@@ -37,7 +37,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 @dataclass
 class Experience:
-    """Everything one PPO update needs; all (N, T) and aligned with `input_ids`."""
+    """Everything one PPO update needs; all (N, T) and aligned with `input_ids`. The
+    learner's logprobs are computed on response tokens only (0 elsewhere)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
