@@ -77,7 +77,13 @@ from ray_rlhf.algo.strength import (
     preference_strength,
     strength_loss_terms,
 )
-from ray_rlhf.algo.tokens import token_logprobs, token_values
+from ray_rlhf.algo.tokens import (
+    logit_positions,
+    response_token_entropy,
+    response_token_logprobs,
+    token_logprobs,
+    token_values,
+)
 
 __all__ = [
     "AdaptiveKLController",
@@ -113,6 +119,7 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "kl_loss",
+    "logit_positions",
     "logprobs_from_logits",
     "masked_entropy_from_logits",
     "masked_mean",
@@ -130,6 +137,8 @@ __all__ = [
     "prompt_related_gap",
     "reinforce_pp_advantages",
     "reinforce_pp_returns",
+    "response_token_entropy",
+    "response_token_logprobs",
     "rloo_advantages",
     "sft_loss",
     "simcse_loss",

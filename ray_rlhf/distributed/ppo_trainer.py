@@ -281,8 +281,19 @@ def _restore(learner: Any) -> int:
     return int(state["iteration"])
 
 
+_NORM_CHUNK = 2**20
+"""Elements upcast to float64 at a time by `_param_norm` (8 MiB)."""
+
+
 def _param_norm(state: dict[str, torch.Tensor]) -> float:
-    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in state.values())))
+    """sqrt of the sum of squares of every entry of `state` (each name counts, tied or not),
+    accumulated in float64 without a float64 copy of any tensor: squared norms of chunks
+    of `_NORM_CHUNK` elements, each in float64."""
+    squares = 0.0
+    for t in state.values():
+        for chunk in t.detach().reshape(-1).split(_NORM_CHUNK):
+            squares += float(torch.linalg.vector_norm(chunk, dtype=torch.float64)) ** 2
+    return squares**0.5
 
 
 def _sync(learner: Any, pools: dict, version: int, rank: int) -> dict[str, float]:

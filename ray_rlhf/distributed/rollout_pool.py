@@ -225,7 +225,8 @@ class RolloutPool:
         `rollout_replacements` (an actor out of restarts was replaced)."""
         self._version = 0
         self._handle: WeightsHandle | None = None  # current weights in the object store
-        self._state: Mapping[str, torch.Tensor] | None = None  # broadcast: kept for catch-up
+        # Broadcast: the weights as last sent (the transport's copy), kept for catch-ups.
+        self._state: Mapping[str, torch.Tensor] | None = None
         owner_cls = ray.remote(RolloutPoolOwner).options(num_cpus=0)
         self._owner = owner_cls.remote(self._actor_args, self._actor_kwargs, self._actor_options())
         try:
@@ -375,8 +376,9 @@ class RolloutPool:
     def update_weights(self, state: Mapping[str, torch.Tensor], version: int) -> dict[str, float]:
         """Send full HF-named weights to every actor; they serve `version` afterwards.
 
-        The pool keeps the weights for catch-ups (the object-store handle, or for the
-        broadcast transport a reference to `state`: do not modify it in place afterwards).
+        The pool keeps the weights for catch-ups: the object-store handle, or for the
+        broadcast transport the buffers it broadcast, a copy of `state` (so `state` may be
+        the learner's live parameters, which change in place when it trains on).
 
         Returns:
             `timing/sync_transfer` (seconds until every actor serves the new weights),
@@ -390,14 +392,14 @@ class RolloutPool:
             return metrics
         connect_s = self._ensure_group(self._broadcast)
         try:
-            stats = self._broadcast.send(self._actors, state, version)
+            stats, sent = self._broadcast.send(self._actors, state, version)
         except Exception:
             # Closing our end makes the receivers fail fast instead of blocking until the
             # group timeout; the next sync rebuilds the group (restarted actors report no
             # group id). The pool keeps serving the previous version.
             self._broadcast.close()
             raise
-        self._version, self._state, self._handle = version, state, None
+        self._version, self._state, self._handle = version, sent, None
         self._commit()
         return stats.metrics() | {"timing/sync_group": connect_s}
 

@@ -11,8 +11,12 @@
   that starts the sync; the data goes through the group as one flat buffer per bucket,
   buckets being homogeneous in dtype.
 
-Receivers (`fetch`, `BroadcastReceiver`) return full HF-named state dicts; applying them
-to an engine is `RolloutWorker.load_weights`'s job. No pickle is involved in any payload.
+Tied weights (e.g. `lm_head.weight`, the same tensor as `model.embed_tokens.weight`) travel
+once: the sender finds entries that are views of one tensor (`tied_names`) and sends the
+name of the tensor they alias instead. Receivers (`fetch`, `BroadcastReceiver`) return full
+HF-named state dicts, the tied names pointing at the tensor received once (vLLM skips a
+tied `lm_head.weight` anyway); applying them to an engine is `RolloutWorker.load_weights`'s
+job. No pickle is involved in any payload.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ __all__ = [
     "flatten_bucket",
     "pack",
     "plan_buckets",
+    "tied_names",
     "unflatten_bucket",
     "unpack",
 ]
@@ -61,7 +66,8 @@ class SyncStats:
 
     seconds: float
     num_bytes: int
-    """Payload: the bytes of one copy of the weights (not multiplied by receivers)."""
+    """Payload: the bytes of one copy of the weights, tied tensors once (not multiplied by
+    receivers)."""
     num_buckets: int
 
     def metrics(self) -> dict[str, float]:
@@ -72,6 +78,39 @@ class SyncStats:
             "sync/buckets": float(self.num_buckets),
             "perf/sync_bytes_per_s": self.num_bytes / max(self.seconds, 1e-9),
         }
+
+
+def tied_names(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Entries that are the same tensor as an earlier entry (tied weights).
+
+    Two entries are tied when they view the same memory with the same dtype, shape and
+    strides (what `state_dict()` gives for a tied `lm_head.weight`); a copy is not tied.
+
+    Returns:
+        {name: name of the first entry it ties to}, in `state`'s order.
+    """
+    first: dict[tuple[Any, ...], str] = {}
+    tied: dict[str, str] = {}
+    for name, t in state.items():
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if t.numel() and key in first:
+            tied[name] = first[key]
+        else:
+            first.setdefault(key, name)
+    return tied
+
+
+def _untied(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """`state` without its tied entries, and `tied_names(state)`."""
+    tied = tied_names(state)
+    return {k: v for k, v in state.items() if k not in tied}, tied
+
+
+def _retie(state: dict[str, torch.Tensor], tied: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Add each tied name to `state` (in place), as the tensor it ties to."""
+    for name, source in tied.items():
+        state[name] = state[source]
+    return state
 
 
 def bucket_state_dict(
@@ -113,9 +152,11 @@ class WeightsHandle:
     version: int
     refs: tuple[Any, ...]
     num_bytes: int
-    """Payload bytes (one copy of the weights)."""
+    """Payload bytes (one copy of the weights, tied tensors once)."""
     publish_seconds: float
     """Time spent packing and putting."""
+    tied: tuple[tuple[str, str], ...] = ()
+    """(name, name it ties to) for the tied entries left out of the blobs."""
 
 
 class ObjectStoreTransport:
@@ -127,17 +168,19 @@ class ObjectStoreTransport:
     def publish(self, state: Mapping[str, torch.Tensor], version: int) -> WeightsHandle:
         """Put the bucketed, packed state in the object store (timed in the handle)."""
         t0 = time.perf_counter()
-        refs = tuple(ray.put(pack(b)) for b in bucket_state_dict(state, self.bucket_bytes))
-        num_bytes = sum(_nbytes(t) for t in state.values())
-        return WeightsHandle(version, refs, num_bytes, time.perf_counter() - t0)
+        untied, tied = _untied(state)
+        refs = tuple(ray.put(pack(b)) for b in bucket_state_dict(untied, self.bucket_bytes))
+        num_bytes = sum(_nbytes(t) for t in untied.values())
+        seconds = time.perf_counter() - t0
+        return WeightsHandle(version, refs, num_bytes, seconds, tuple(tied.items()))
 
     @staticmethod
     def fetch(handle: WeightsHandle) -> dict[str, torch.Tensor]:
-        """The full state dict behind `handle`, in the sender's order."""
+        """The full state dict behind `handle`, in the sender's order (tied names last)."""
         state: dict[str, torch.Tensor] = {}
         for blob in ray.get(list(handle.refs)):
             state.update(unpack(blob))
-        return state
+        return _retie(state, dict(handle.tied))
 
 
 # --------------------------------------------------------------------------- broadcast
@@ -151,6 +194,8 @@ class Bucket:
     """torch dtype name without the `torch.` prefix, e.g. `bfloat16`."""
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
+    tied: tuple[tuple[str, str], ...] = ()
+    """(name, name in `names` it ties to): entries received as views of another's data."""
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -171,15 +216,18 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def plan_buckets(state: Mapping[str, torch.Tensor], bucket_bytes: int) -> list[Bucket]:
-    """Layout of the broadcast: tensors grouped by dtype (first-seen order), then bucketed."""
+    """Layout of the broadcast: tensors grouped by dtype (first-seen order), then bucketed;
+    a tied entry is not sent but listed in the bucket of the tensor it ties to."""
+    untied, tied = _untied(state)
     by_dtype: dict[torch.dtype, dict[str, torch.Tensor]] = {}
-    for name, tensor in state.items():
+    for name, tensor in untied.items():
         by_dtype.setdefault(tensor.dtype, {})[name] = tensor
     return [
         Bucket(
             dtype=str(dtype).removeprefix("torch."),
             names=tuple(bucket),
             shapes=tuple(tuple(t.shape) for t in bucket.values()),
+            tied=tuple((name, source) for name, source in tied.items() if source in bucket),
         )
         for dtype, tensors in by_dtype.items()
         for bucket in bucket_state_dict(tensors, bucket_bytes)
@@ -192,13 +240,15 @@ def flatten_bucket(state: Mapping[str, torch.Tensor], bucket: Bucket) -> torch.T
 
 
 def unflatten_bucket(flat: torch.Tensor, bucket: Bucket) -> dict[str, torch.Tensor]:
-    """Inverse of `flatten_bucket`: views of `flat` (numel,) with the layout's shapes."""
+    """Inverse of `flatten_bucket`: views of `flat` (numel,) with the layout's shapes, the
+    bucket's tied names last (the same views as the entries they tie to)."""
     sizes = [_numel(s) for s in bucket.shapes]
     parts = torch.split(flat, sizes)
-    return {
+    state = {
         name: part.view(shape)
         for name, part, shape in zip(bucket.names, parts, bucket.shapes, strict=True)
     }
+    return _retie(state, dict(bucket.tied))
 
 
 @dataclass(frozen=True)
@@ -284,11 +334,16 @@ class BroadcastTransport:
 
     def send(
         self, receivers: Sequence[Any], state: Mapping[str, torch.Tensor], version: int
-    ) -> SyncStats:
+    ) -> tuple[SyncStats, dict[str, torch.Tensor]]:
         """Broadcast `state` to every receiver, which applies it as `version`.
 
         The receivers' `receive_broadcast(buckets, version)` runs concurrently with the
         broadcasts issued here; this returns once every receiver has applied the weights.
+
+        Returns:
+            The stats, and the weights as sent: views of the flat buffers broadcast (copies
+            `flatten_bucket` made anyway), so they stay the sent version when `state` (e.g.
+            the learner's live parameters) changes in place afterwards.
         """
         if self._group is None:
             raise RuntimeError("BroadcastTransport.send before connect")
@@ -296,11 +351,14 @@ class BroadcastTransport:
         buckets = plan_buckets(state, self.bucket_bytes)
         done = [r.receive_broadcast.remote(buckets, version) for r in receivers]
         device = _device(self.backend)
+        sent: dict[str, torch.Tensor] = {}
         for bucket in buckets:
-            _broadcast(self._group, flatten_bucket(state, bucket).to(device))
+            flat = flatten_bucket(state, bucket)  # a new (numel,) buffer: torch.cat copies
+            _broadcast(self._group, flat.to(device))
+            sent.update(unflatten_bucket(flat, bucket))
         ray.get(done)
-        num_bytes = sum(_nbytes(t) for t in state.values())
-        return SyncStats(time.perf_counter() - t0, num_bytes, len(buckets))
+        num_bytes = sum(b.numel * b.torch_dtype.itemsize for b in buckets)
+        return SyncStats(time.perf_counter() - t0, num_bytes, len(buckets)), sent
 
     def close(self) -> None:
         """Drop the group (receivers' ends fail fast instead of waiting for the timeout)."""

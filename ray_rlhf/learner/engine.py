@@ -86,18 +86,40 @@ def mean_over_ranks_(tensors: list[torch.Tensor]) -> None:
         t.copy_(part.view_as(t))
 
 
+def cpu_state(state: dict[str, torch.Tensor], *, copy: bool) -> dict[str, torch.Tensor]:
+    """`state` detached on CPU; tied entries (one tensor under two names) stay one tensor.
+
+    Args:
+        state: A module's `state_dict()`.
+        copy: Return tensors that own their memory (clone what is on CPU already);
+            otherwise CPU tensors are views of the module's own, which change when it trains.
+    """
+    out: dict[str, torch.Tensor] = {}
+    done: dict[tuple[Any, ...], torch.Tensor] = {}
+    for name, t in state.items():
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if key not in done:
+            cpu = t.detach().cpu()  # a copy already when t is on a GPU
+            done[key] = cpu.clone() if copy and t.device.type == "cpu" else cpu
+        out[name] = done[key]
+    return out
+
+
 def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
     """Full (unpartitioned) weights of the engine's module, on CPU, on every rank.
 
-    Under ZeRO-3 every rank must call this (parameters are gathered collectively).
+    Under ZeRO-3 every rank must call this (parameters are gathered collectively) and gets
+    copies. Below ZeRO-3 the CPU tensors are the module's own (no copy of the model): use
+    them before the next optimizer step, or copy them (the weight sync's broadcast keeps
+    its own copy; see `RolloutPool.update_weights`).
     """
     deepspeed = import_deepspeed()
     module = engine.module
     params = list(module.parameters())
     if engine.zero_optimization_stage() == 3:
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            return cpu_state(module.state_dict(), copy=True)
+    return cpu_state(module.state_dict(), copy=False)
 
 
 def save_engine_state(engine: Any, directory: str | Path, tag: str = "state") -> None:

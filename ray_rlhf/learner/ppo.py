@@ -16,7 +16,11 @@ import torch
 
 from ray_rlhf import algo
 from ray_rlhf.algo.contrastive import within_prompt_variance
-from ray_rlhf.algo.tokens import token_logprobs, token_values
+from ray_rlhf.algo.tokens import (
+    response_token_entropy,
+    response_token_logprobs,
+    token_values,
+)
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.learner.engine import (
     full_state_dict,
@@ -24,6 +28,7 @@ from ray_rlhf.learner.engine import (
     load_engine_state,
     save_engine_state,
 )
+from ray_rlhf.learner.logits import response_logits
 from ray_rlhf.models.builders import load_critic, load_policy, score_positions
 from ray_rlhf.types import RolloutBatch, ScoredBatch
 
@@ -32,7 +37,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 @dataclass
 class Experience:
-    """Everything one PPO update needs; all (N, T) and aligned with `input_ids`."""
+    """Everything one PPO update needs; all (N, T) and aligned with `input_ids`. The
+    learner's logprobs are computed on response tokens only (0 elsewhere)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -215,13 +221,21 @@ class PPOLearner:
 
     # ------------------------------------------------------------------ experience
 
+    def _hf(self, model: Any) -> torch.nn.Module:
+        """The HF model inside `model` (the policy engine's module, or the reference)."""
+        return self.policy.module if model is self.policy else model
+
     @torch.no_grad()
-    def _logprobs(self, model: Any, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    def _logprobs(
+        self, model: Any, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, T) float32 logprobs of the response tokens (`mask`), 0 elsewhere; forwards
+        of `micro` rows, the head applied to response positions only."""
         chunks = []
         for start in range(0, ids.shape[0], self.micro):
             sl = slice(start, start + self.micro)
-            logits = model(input_ids=ids[sl], attention_mask=attn[sl].long()).logits
-            chunks.append(token_logprobs(logits, ids[sl]))
+            logits = response_logits(model, self._hf(model), ids[sl], attn[sl], mask[sl])
+            chunks.append(response_token_logprobs(logits, ids[sl], mask[sl]))
         return torch.cat(chunks)
 
     @torch.no_grad()
@@ -251,7 +265,7 @@ class PPOLearner:
             (N,) float32 nats per sequence.
         """
         mask = batch.response_mask
-        ref_lp = self._logprobs(self.reference, batch.input_ids, batch.attention_mask)
+        ref_lp = self._logprobs(self.reference, batch.input_ids, batch.attention_mask, mask)
         return ((batch.sample_logprobs - ref_lp) * mask).sum(dim=1).float()
 
     def make_experience(self, scored: ScoredBatch) -> tuple[Experience, dict[str, float]]:
@@ -267,11 +281,11 @@ class PPOLearner:
         # optimizer step, so the training forward's detached logprobs are the old ones
         # (ratio exactly 1): skip this forward, and take the KL penalty's log pi from the
         # sampler (the same weights; `train/logprob_diff` measures the numeric gap).
-        old_lp = None if self.old_logprobs_from_training else self._logprobs(
-            self.policy, ids, attn
-        )
+        old_lp = None
+        if not self.old_logprobs_from_training:
+            old_lp = self._logprobs(self.policy, ids, attn, mask)
         behaviour_lp = batch.sample_logprobs if old_lp is None else old_lp
-        ref_lp = self._logprobs(self.reference, ids, attn)
+        ref_lp = self._logprobs(self.reference, ids, attn, mask)
         kl = algo.kl_estimate(behaviour_lp, ref_lp, ppo.kl.estimator) * mask
         beta = self.kl_ctl.value if ppo.kl.placement == "reward" else 0.0
         rewards = scored.token_rewards
@@ -336,10 +350,11 @@ class PPOLearner:
         (see `train`). Steps the optimizer when DeepSpeed reaches a boundary."""
         ppo = self.cfg.ppo
         self.policy.train()
-        logits = self.policy(
-            input_ids=exp.input_ids, attention_mask=exp.attention_mask.long()
-        ).logits
-        logprobs = token_logprobs(logits, exp.input_ids)
+        # (N, V) for the N response tokens: no (B, T, V) logits, nor a gradient of them.
+        logits = response_logits(
+            self.policy, self.policy.module, exp.input_ids, exp.attention_mask, exp.mask
+        )
+        logprobs = response_token_logprobs(logits, exp.input_ids, exp.mask)
         old = exp.old_logprobs if exp.old_logprobs is not None else logprobs.detach()
         loss, stats = algo.policy_loss(
             logprobs,
@@ -357,9 +372,8 @@ class PPOLearner:
         self.policy.backward(loss)
         self.policy.step()
         with torch.no_grad():
-            entropy = algo.masked_mean(
-                algo.masked_entropy_from_logits(logits[:, :-1], exp.mask[:, 1:]), exp.mask[:, 1:]
-            )
+            per_token = response_token_entropy(logits.detach(), exp.mask)
+            entropy = algo.masked_mean(per_token[:, 1:], exp.mask[:, 1:])
         extra = {}
         if exp.old_logprobs is None:
             extra = _logprob_diff(logprobs.detach(), exp.sample_logprobs, exp.mask)
