@@ -226,6 +226,9 @@ def test_pool_catches_actors_up_with_the_version_sent_not_the_live_weights(
     pool._object_store = ObjectStoreTransport(bucket_bytes=64)
     pool._actors, pool._version, pool._handle, pool._state = [], 0, None, None
     monkeypatch.setattr(pool, "_ensure_group", lambda transport: 0.0)
+    # No owner actor either: this copy's membership and version are the ones set above.
+    monkeypatch.setattr(pool, "_refresh", lambda: None)
+    monkeypatch.setattr(pool, "_commit", lambda: None)
     live = _tied_state()
     synced = {k: v.clone() for k, v in live.items()}
     metrics = pool.update_weights(live, version=1)
