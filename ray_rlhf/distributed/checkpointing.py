@@ -15,6 +15,9 @@ logger = logging.getLogger(__name__)
 
 HF_SUBDIR = "hf"
 STATE_FILE = "state.json"
+MANIFEST_DIR = "manifest"
+STORAGE_KEY = "checkpoint_storage"
+"""`fit_learners` puts the run's checkpoint storage dir under this key of the loop config."""
 
 
 def export_hf_policy(
@@ -64,7 +67,8 @@ def report_checkpoint(
 
     from ray_rlhf.models.checkpoint import save_json_atomic
 
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
     with tempfile.TemporaryDirectory() as tmp:
         learner.save_checkpoint(tmp)
         if rank == 0:
@@ -73,40 +77,110 @@ def report_checkpoint(
                 out = Path(tmp) / HF_SUBDIR
                 writer = export_hf_policy if export is None else export
                 writer(learner.model_dir, final_weights, out, metadata or {})
+        _write_manifest(Path(tmp), rank, context.get_world_size())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def restore_latest(learner: Any) -> dict[str, Any] | None:
-    """Load the checkpoint Ray Train hands this worker (after a restart or on a rerun of
-    the same run) into `learner`; its JSON state, or None when starting fresh.
+def _write_manifest(directory: Path, rank: int, world: int) -> None:
+    """`manifest/rank_<r>.json`: the world size and the size of every file this rank wrote,
+    so a checkpoint dir can be checked for completeness without Ray Train's bookkeeping."""
+    from ray_rlhf.models.checkpoint import save_json_atomic
+
+    files = {
+        str(p.relative_to(directory)): p.stat().st_size
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+    manifest = directory / MANIFEST_DIR / f"rank_{rank}.json"
+    manifest.parent.mkdir(exist_ok=True)
+    save_json_atomic(manifest, {"world": world, "files": files})
+
+
+def is_complete(directory: Path) -> bool:
+    """Every rank's manifest is there and every file it lists has the listed size."""
+    import json
+
+    manifests = sorted((directory / MANIFEST_DIR).glob("rank_*.json"))
+    if not manifests:
+        return False
+    try:
+        parts = [json.loads(m.read_text()) for m in manifests]
+    except (OSError, ValueError):
+        return False
+    if any(p["world"] != len(manifests) for p in parts):
+        return False
+    return all(
+        (directory / name).is_file() and (directory / name).stat().st_size == size
+        for p in parts
+        for name, size in p["files"].items()
+    )
+
+
+def newest_complete_checkpoint(storage: Path) -> Path | None:
+    """The newest complete `checkpoint_<time>` dir under `storage` (Ray Train's names sort
+    by time), or None."""
+    for directory in sorted(storage.glob("checkpoint_*"), reverse=True):
+        if directory.is_dir() and is_complete(directory):
+            return directory
+    return None
+
+
+def _checkpoint_dir(storage: str | None) -> Path | None:
+    """The checkpoint to restore: Ray Train's latest registered one, unless the storage
+    dir holds a newer complete one. Ray Train registers a reported checkpoint when its
+    controller next polls the workers; a worker killed in between (SIGKILL, a lost node)
+    leaves a checkpoint on storage that the restarted group would not be given."""
+    import ray.train
+
+    registered = ray.train.get_checkpoint()
+    path = None if registered is None else Path(registered.path)
+    if storage is None or not Path(storage).is_dir():  # not a local / mounted path
+        return path
+    newest = newest_complete_checkpoint(Path(storage))
+    if newest is not None and (path is None or newest.name > path.name):
+        logger.warning(
+            "resuming from %s, which Ray Train had not registered (%s): its worker was "
+            "killed right after reporting it",
+            newest.name,
+            "no registered checkpoint" if path is None else f"registered: {path.name}",
+        )
+        return newest
+    return path
+
+
+def restore_latest(learner: Any, storage: str | None = None) -> dict[str, Any] | None:
+    """Load the checkpoint to resume from (after a restart or on a rerun of the same run)
+    into `learner`; its JSON state, or None when starting fresh.
+
+    Args:
+        learner: has `load_checkpoint(directory)`.
+        storage: the run's checkpoint storage dir (`loop_config[STORAGE_KEY]`); with it, a
+            newer complete checkpoint than the one Ray Train registered is used.
 
     Raises:
         CheckpointError: The checkpoint does not fit the learner (another model or config
             wrote this run dir); a retry would fail the same way.
     """
-    import ray.train
-
     from ray_rlhf.errors import CheckpointError
     from ray_rlhf.models.checkpoint import load_json
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    directory = _checkpoint_dir(storage)
+    if directory is None:
         return None
-    with checkpoint.as_directory() as directory:
-        try:
-            learner.load_checkpoint(directory)
-            return load_json(Path(directory) / STATE_FILE)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(
-                f"the latest checkpoint of this run ({checkpoint.path}) does not fit the "
-                f"{type(learner).__name__} of this config: {type(err).__name__}: "
-                f"{str(err).strip().splitlines()[0][:300]}"
-            ) from err
+    try:
+        learner.load_checkpoint(str(directory))
+        return load_json(directory / STATE_FILE)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"the latest checkpoint of this run ({directory}) does not fit the "
+            f"{type(learner).__name__} of this config: {type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0][:300]}"
+        ) from err
 
 
-def restore_step(learner: Any, tag: str) -> int:
+def restore_step(learner: Any, tag: str, storage: str | None = None) -> int:
     """The step to continue from after `restore_latest` (0 when starting fresh)."""
-    state = restore_latest(learner)
+    state = restore_latest(learner, storage)
     if state is None:
         return 0
     logger.info("%s: resumed from step %d", tag, state["step"])

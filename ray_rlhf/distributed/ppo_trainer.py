@@ -32,6 +32,7 @@ from ray_rlhf.chaos import pause_if_asked
 from ray_rlhf.config import EVAL_SAMPLED_TEMPERATURE, RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.distributed.checkpointing import (
+    STORAGE_KEY,
     copy_final_policy,
     report_checkpoint,
     restore_latest,
@@ -271,9 +272,9 @@ def _save(learner: Any, it: int, metrics: dict, *, final: bool) -> None:
     report_checkpoint(learner, metrics, state, final_weights=weights, metadata=meta)
 
 
-def _restore(learner: Any) -> int:
+def _restore(learner: Any, storage: str | None) -> int:
     """The iteration to continue from (0 when starting fresh)."""
-    state = restore_latest(learner)
+    state = restore_latest(learner, storage)
     if state is None:
         return 0
     learner.set_kl_state(float(state["kl_coef"]))
@@ -317,7 +318,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     pools, prompts, eval_prompts = config["pools"], config["prompts"], config["eval_prompts"]
     rank, _ = setup_worker(cfg)
     learner = PPOLearner(config["model_dir"], cfg)
-    start = _restore(learner)
+    start = _restore(learner, config.get(STORAGE_KEY))
     # Norm of the weights this iteration starts from (logged: a resume check). After a
     # restore the rollout actors must serve the restored weights, so sync them first; so
     # too after a restart before the first checkpoint (the pool's owner knows the version

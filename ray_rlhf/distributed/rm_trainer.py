@@ -21,6 +21,7 @@ import torch
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.distributed.checkpointing import (
+    STORAGE_KEY,
     copy_final_policy,
     report_checkpoint,
     restore_step,
@@ -132,7 +133,7 @@ def rm_train_loop(config: dict[str, Any]) -> None:
         micro_batch_per_worker=cfg.rm.batch_size // world,
         seed=cfg.run.seed,
     )
-    start = restore_step(learner, "rm")
+    start = restore_step(learner, "rm", config.get(STORAGE_KEY))
     writer = MetricsWriter(config["metrics_dir"], resume_step=start) if rank == 0 else None
     window: list[dict[str, float]] = []
     tick = time.perf_counter()

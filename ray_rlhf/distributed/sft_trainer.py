@@ -18,6 +18,7 @@ import torch
 from ray_rlhf.config import RLHFConfig
 from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.distributed.checkpointing import (
+    STORAGE_KEY,
     copy_final_policy,
     report_checkpoint,
     restore_step,
@@ -59,7 +60,7 @@ def sft_train_loop(config: dict[str, Any]) -> None:
         cfg.sft,
         micro_batch_per_worker=cfg.sft.batch_size // world,
     )
-    start = restore_step(learner, "sft")
+    start = restore_step(learner, "sft", config.get(STORAGE_KEY))
     writer = MetricsWriter(config["metrics_dir"], resume_step=start) if rank == 0 else None
     window: list[dict[str, float]] = []
     tick = time.perf_counter()

@@ -25,6 +25,7 @@ from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ray_rlhf.config import RLHFConfig
+from ray_rlhf.distributed.checkpointing import STORAGE_KEY
 from ray_rlhf.distributed.runtime import LEARNER_RESOURCE, custom_resource
 from ray_rlhf.errors import UserError
 from ray_rlhf.logs import log_to_stdout
@@ -62,6 +63,8 @@ def fit_learners(
     # "Performance"). Ray Train passes the driver's value on to its controller.
     os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)
     record = (run_dir / "logs" / f"{name}_user_error.json").resolve()
+    storage = (run_dir / "ray_train").resolve()
+    loop_config = {**loop_config, STORAGE_KEY: str(storage / name)}
     record.unlink(missing_ok=True)
     trainer = TorchTrainer(
         _recording_user_errors(loop, record),
@@ -76,7 +79,7 @@ def fit_learners(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str((run_dir / "ray_train").resolve()),
+            storage_path=str(storage),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.learner.max_failures),
             callbacks=[_StopOnUserError(record)],
