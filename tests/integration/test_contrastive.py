@@ -29,16 +29,6 @@ _OVERRIDES = [
 _PAUSE_TIMEOUT_S = 240
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    from ray_rlhf.data.toyworld import vocabulary
-    from ray_rlhf.models.factory import TinyModelSpec, write_tiny_model
-    from ray_rlhf.models.tokenizer import build_word_tokenizer
-
-    out = tmp_path_factory.mktemp("base") / "policy"
-    return write_tiny_model(out, build_word_tokenizer(vocabulary()), TinyModelSpec())
-
-
 def test_killed_baseline_job_resumes_then_ppo_uses_the_baselines(tmp_path, base_model, ray_session):
     from ray_rlhf.loops import baselines, ppo
     from ray_rlhf.loops.common import prepare_run_dir

@@ -50,16 +50,6 @@ _OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    from ray_rlhf.data.toyworld import vocabulary
-    from ray_rlhf.models.factory import TinyModelSpec, write_tiny_model
-    from ray_rlhf.models.tokenizer import build_word_tokenizer
-
-    out = tmp_path_factory.mktemp("base") / "policy"
-    return write_tiny_model(out, build_word_tokenizer(vocabulary()), TinyModelSpec())
-
-
 def _overrides(out_dir: Path, base_model: Path) -> list[str]:
     return [f"run.output_dir={out_dir}", f"model.path={base_model}", *_OVERRIDES]
 

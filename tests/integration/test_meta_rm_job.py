@@ -38,16 +38,6 @@ _TRAIN_RM_KEYS = set(
 )
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    from ray_rlhf.data.toyworld import vocabulary
-    from ray_rlhf.models.factory import TinyModelSpec, write_tiny_model
-    from ray_rlhf.models.tokenizer import build_word_tokenizer
-
-    out = tmp_path_factory.mktemp("base") / "policy"
-    return write_tiny_model(out, build_word_tokenizer(vocabulary()), TinyModelSpec())
-
-
 def test_killed_meta_rm_job_resumes_and_exports_a_loadable_reward_model(
     tmp_path, base_model, ray_session
 ):

@@ -29,16 +29,6 @@ _OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    from ray_rlhf.data.toyworld import vocabulary
-    from ray_rlhf.models.factory import TinyModelSpec, write_tiny_model
-    from ray_rlhf.models.tokenizer import build_word_tokenizer
-
-    out = tmp_path_factory.mktemp("base") / "policy"
-    return write_tiny_model(out, build_word_tokenizer(vocabulary()), TinyModelSpec())
-
-
 def test_async_samples_are_one_version_old_weighted_and_restartable(
     tmp_path, base_model, ray_session
 ):
