@@ -84,6 +84,8 @@ class Experiment:
     arm_reward_models: dict[str, str] = dataclasses.field(default_factory=dict)
     """Arm -> the stage that makes its reward model (`experiment.reward_model` in the arm):
     `rm` (the proxy RM, the default) or `meta_rm` (meta-learned from the proxy RM)."""
+    config_file: str = ""
+    """The YAML file the settings came from, as given (the report names it)."""
 
     @property
     def run_dir(self) -> Path:
@@ -140,7 +142,14 @@ def load_experiment(name: str, path: str | Path, overrides: list[str]) -> Experi
             raise ConfigError(f"arms.{arm}: {exc}") from None
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     return Experiment(name, settings, base, arms, sha, tuple(overrides), testbed_sha,
-                      reward_models)
+                      reward_models, _shown_path(path))
+
+
+def _shown_path(path: Path) -> str:
+    """`path` relative to the repo when it is inside it (reports are read on other clones)."""
+    root = Path(__file__).resolve().parents[1]
+    resolved = path.resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
 def arm_config(base: RLHFConfig, overrides: list[str], seed: int) -> RLHFConfig:

@@ -157,7 +157,8 @@ def write_report(exp: Any, seconds: float) -> dict[str, Any]:
     extra = module.verdict(data) if module is not None and hasattr(module, "verdict") else ""
     text = (
         f"# {exp.settings.title or exp.name}\n\n"
-        f"Config: `experiments/configs/{exp.name}.yaml`, sha256 `{exp.config_sha256}`"
+        f"Config: `{exp.config_file or f'experiments/configs/{exp.name}.yaml'}`, "
+        f"sha256 `{exp.config_sha256}`"
         + (f", overrides {list(exp.overrides)}" if exp.overrides else "")
         + (f"; on the testbed `experiments/configs/{exp.settings.testbed}.yaml`, sha256 "
            f"`{exp.testbed_sha256}`" if exp.testbed_sha256 else "") + ".\n"

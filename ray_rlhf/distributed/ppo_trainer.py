@@ -197,12 +197,16 @@ def _score_rollout(
     return scored, metrics
 
 
-def _toy_metrics(prefix: str, prompts: list[str], responses: list[str], n: int) -> dict:
+def _toy_metrics(
+    prefix: str, prompts: list[str], responses: list[str], n: int, *, per_domain: bool = False
+) -> dict:
+    """Toy-world truth of `n` responses per prompt; `<prefix>/true_reward/<domain>` too if
+    `per_domain` (evaluations: the held-out-domain experiments read them)."""
     from ray_rlhf.data.toyworld import evaluate_responses
 
     per_row = [p for p in prompts for _ in range(n)]
     scores = evaluate_responses(per_row, responses)
-    return {f"{prefix}/{k}": v for k, v in scores.items() if "/" not in k}
+    return {f"{prefix}/{k}": v for k, v in scores.items() if per_domain or "/" not in k}
 
 
 def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet, learner: Any) -> dict:
@@ -231,7 +235,9 @@ def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet, learner: Any) ->
             out["eval/sampled/proxy_reward"] = float(scored.diagnostics["reward/raw"].mean())
             out["eval/sampled/kl_to_ref"] = float(learner.sequence_kl_to_reference(batch).mean())
         if prompts.toyworld:
-            out |= _toy_metrics(f"eval/{mode}", batch.prompts, batch.responses, n)
+            out |= _toy_metrics(
+                f"eval/{mode}", batch.prompts, batch.responses, n, per_domain=True
+            )
     return out
 
 

@@ -175,8 +175,13 @@ def test_eval_points_and_per_domain_peaks():
             {**_row(6, 0.55, 2.0, 2.0, 0.4), f"{TRUE_KEY}/min": 0.6, f"{TRUE_KEY}/sortd": 0.5}]
     curve = eval_points(rows)
     assert curve[1]["true/min"] == 0.7
-    assert per_domain(curve) == {"min": {"sft": 0.4, "peak": 0.7, "final": 0.6},
-                                 "sortd": {"sft": 0.6, "peak": 0.6, "final": 0.5}}
-    data = {"arms": {"a": {"curves": [curve, curve[:2]]}}}
-    assert extra_json(data)["domains"]["a"]["min"] == {
-        "sft": [0.4, 0.4], "peak": [0.7, 0.7], "final": [0.6, 0.7]}
+    # KL 1.5 lies halfway between steps 3 (KL 1) and 6 (KL 2).
+    assert per_domain(curve, 1.5) == {
+        "min": {"sft": 0.4, "peak": 0.7, "final": 0.6, "at_kl": pytest.approx(0.65)},
+        "sortd": {"sft": 0.6, "peak": 0.6, "final": 0.5, "at_kl": pytest.approx(0.5)}}
+    data = {"kl_budgets": [1.5], "arms": {"a": {"curves": [curve, curve[:2]]}}}
+    extra = extra_json(data)
+    assert extra["domains_kl"] == 1.5
+    assert extra["domains"]["a"]["min"] == {  # the second seed never reached KL 1.5
+        "sft": [0.4, 0.4], "peak": [0.7, 0.7], "final": [0.6, 0.7],
+        "at_kl": [pytest.approx(0.65), None]}
