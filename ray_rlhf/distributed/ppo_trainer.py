@@ -100,6 +100,27 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def _share_out(pools: dict, scored: ScoredBatch | None, it: int) -> tuple[ScoredBatch, int]:
+    """Every rank: (its share of iteration `it`'s prompt groups, the batch's sample count).
+
+    Rank 0 cuts the batch; every other rank's share goes through the object store (the
+    rollout pool's owner holds the references) and only a small header crosses the process
+    group, so no other rank receives the whole batch."""
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if world == 1:
+        return scored, scored.rollout.num_samples
+    key = f"ppo/{it}"
+    if rank == 0:
+        num_groups = len(scored.rollout.prompt_ids)
+        shares = [select_groups(scored, *group_range(num_groups, r, world)) for r in range(world)]
+        pools["rollout"].hand_out(key, shares)
+        _broadcast(scored.rollout.num_samples)  # also: the shares are ready
+        return shares[0], scored.rollout.num_samples
+    total = _broadcast(None)
+    return pools["rollout"].take(key, rank), total
+
+
 def _launch_rollout(cfg: RLHFConfig, pools: dict, prompts: PromptSet, it: int) -> Launched:
     """Rank 0: submit iteration `it`'s prompts for generation (its prompts and seeds depend
     only on `it`, never on timing)."""
@@ -256,18 +277,15 @@ def _learner_restarts(config: dict[str, Any], start: int) -> int:
     return restarts
 
 
-def _learn_phase(learner: Any, scored: ScoredBatch, it: int) -> dict[str, float]:
-    """Every rank: experience + PPO epochs on its share of prompt groups."""
-    rank = ray.train.get_context().get_world_rank()
-    world = ray.train.get_context().get_world_size()
-    num_groups = len(scored.rollout.prompt_ids)
-    shard = select_groups(scored, *group_range(num_groups, rank, world))
+def _learn_phase(learner: Any, share: ScoredBatch, num_samples: int, it: int) -> dict:
+    """Every rank: experience + PPO epochs on its share of prompt groups; the KL
+    controller steps by the whole batch's `num_samples`."""
     t0 = time.perf_counter()
-    exp, stats = learner.make_experience(shard)
+    exp, stats = learner.make_experience(share)
     stats |= learner.train(exp, seed=learner.cfg.run.seed * 7919 + it)
     stats["timing/train"] = time.perf_counter() - t0
     stats = mean_over_ranks(stats)
-    learner.update_kl(stats["train/kl"], scored.rollout.num_samples)
+    learner.update_kl(stats["train/kl"], num_samples)
     return stats
 
 
@@ -351,8 +369,8 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
         metrics["train/param_norm_start"] = norm
         if restarts:
             metrics["faults/learner_restarts"] = float(restarts)
-        scored = _broadcast(scored)
-        metrics |= _learn_phase(learner, scored, it)
+        share, num_samples = _share_out(pools, scored, it)
+        metrics |= _learn_phase(learner, share, num_samples, it)
         if ahead is not None:
             # Generation still running after training is not hidden; it counts in its own
             # iteration's timing/generate (the sync would queue behind it anyway).

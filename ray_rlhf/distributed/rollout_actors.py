@@ -73,6 +73,7 @@ class RolloutPoolOwner:
         self._members: list[Any] = []
         self._version = 0
         self._faults: dict[str, int] = {}
+        self._shards: dict[str, dict[int, Any]] = {}
 
     def start(self, count: int, timeout_s: float | None) -> tuple[list[Any], int]:
         """Create `count` actors (owned here) and wait up to `timeout_s` for them to be
@@ -99,6 +100,22 @@ class RolloutPoolOwner:
     def state(self) -> tuple[list[Any], int, dict[str, int]]:
         """(members, weights version, fault counts) as last committed."""
         return self._members, self._version, self._faults
+
+    def deposit(self, key: str, refs: list[Any]) -> None:
+        """Hold `refs[r]`, learner rank r's share of a batch in the object store, until rank
+        r withdraws it. A new key drops the shares of older ones (a restarted worker group
+        never withdraws them). The refs arrive nested in a list, so Ray passes them as
+        references (in band: the object store counts this actor as a holder)."""
+        self._shards = {key: dict(enumerate(refs))}
+
+    def withdraw(self, key: str, rank: int) -> list[Any]:
+        """`[ref]` of rank `rank`'s share under `key` (nested: the caller gets the reference,
+        not the value), forgotten here once taken.
+
+        Raises:
+            KeyError: no share of `rank` under `key` (not deposited, or taken already).
+        """
+        return [self._shards[key].pop(rank)]
 
     def shutdown(self) -> None:
         """Stop every member."""

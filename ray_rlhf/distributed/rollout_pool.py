@@ -374,6 +374,19 @@ class RolloutPool:
 
     # ----------------------------------------------------------------------- membership
 
+    def hand_out(self, key: str, shares: list[Any]) -> None:
+        """Learner rank 0: put every other rank's share of a batch into the object store
+        (`shares[r]` for rank r; `shares[0]` stays with the caller) and leave the references
+        with the pool's owner, where rank r picks its own up with `take(key, r)`. No rank
+        but the caller ever holds the whole batch."""
+        refs = [None, *(ray.put(share) for share in shares[1:])]
+        ray.get(self._owner.deposit.remote(key, refs))
+
+    def take(self, key: str, rank: int) -> Any:
+        """Learner rank `rank` (> 0): its share deposited under `key` by `hand_out`."""
+        (ref,) = ray.get(self._owner.withdraw.remote(key, rank))
+        return ray.get(ref)
+
     def resize(self, num_actors: int) -> None:
         """Grow (new actors serve the current weights before they take work) or shrink
         (the last actors' engines are shut down, then the actors are killed).

@@ -228,6 +228,9 @@ def sender(ray_session):
         def resize(self, n):
             self.pool.resize(n)
 
+        def take(self, key, rank):
+            return self.pool.take(key, rank)
+
     return Sender
 
 
@@ -262,10 +265,10 @@ def test_broadcast_transport_syncs_every_actor(
 
 
 def test_pool_copies_share_one_owner(ray_session, sender, model_dir, perturbed_state):
-    """A copy of the pool in another process (as in a learner worker) grows it and syncs
-    weights, then that process dies: the actor it added lives on (the pool's owner actor
-    created it), the driver's copy sees both actors and the version, and its shutdown
-    stops both."""
+    """A copy of the pool in another process (as in a learner worker) grows it, syncs
+    weights and takes its share of a batch handed out by another copy, then that process
+    dies: the actor it added lives on (the pool's owner actor created it), the driver's copy
+    sees both actors and the version, and its shutdown stops both."""
     import time
 
     import ray
@@ -278,6 +281,16 @@ def test_pool_copies_share_one_owner(ray_session, sender, model_dir, perturbed_s
     try:
         ray.get(learner.resize.remote(2))
         ray.get(learner.update.remote(perturbed_state, 1))
+        shares = ["rank 0 keeps this", {"rows": torch.arange(6)}, ["rank 2"]]
+        pool.hand_out("ppo/0", shares)
+        assert torch.equal(ray.get(learner.take.remote("ppo/0", 1))["rows"], torch.arange(6))
+        assert ray.get(learner.take.remote("ppo/0", 2)) == ["rank 2"]
+        with pytest.raises(ray.exceptions.RayTaskError, match="KeyError"):
+            ray.get(learner.take.remote("ppo/0", 2))  # taken already
+        pool.hand_out("ppo/1", ["", "new"])
+        with pytest.raises(ray.exceptions.RayTaskError, match="KeyError"):
+            ray.get(learner.take.remote("ppo/0", 1))  # a newer batch dropped the old shares
+        assert ray.get(learner.take.remote("ppo/1", 1)) == "new"
         ray.kill(learner)
         assert pool.size == 2 and pool.version == 1
         assert _actor_versions(pool) == [1, 1]
