@@ -7,24 +7,35 @@ row order. Actors return only the rewards (`RewardScorer.compute`), not the roll
 
 Failure behaviour: each actor has `max_restarts=2` and `max_task_retries=2`. Scoring is a
 pure function of the batch (the scorer keeps no state between calls), so a task that Ray
-re-issues after a crash gives the same rewards and nothing is counted twice.
+re-issues after a crash gives the same rewards and nothing is counted twice. After every
+`score` the pool asks each actor for its process id: a new one means Ray restarted it
+(`faults["reward_restarts"]`, one warning line). An actor out of restarts is replaced by a
+new one, which scores its shard again (`faults["reward_replacements"]`). The counts are
+this copy's (rank 0's in PPO): the pool's membership never changes with the run's control
+file, so it needs no owner actor; a replacement made by a learner that then dies dies with
+it, and the next copy replaces the dead actor again.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 import torch
+from ray.exceptions import ActorDiedError
 
 from ray_rlhf.config import RewardConfig
 from ray_rlhf.distributed.runtime import worker_env_vars
 from ray_rlhf.reward.rules import absolute_rule_spec, load_rule
 from ray_rlhf.reward.scorer import Rewards, RewardScorer, RewardTransform
 from ray_rlhf.types import RolloutBatch, ScoredBatch, group_range, select_rollout_groups
+
+logger = logging.getLogger(__name__)
 
 _MAX_RESTARTS = 2
 _MAX_TASK_RETRIES = 2
@@ -57,16 +68,18 @@ class PendingScores:
 
     batch: RolloutBatch
     refs: list[ray.ObjectRef]
+    pool: RewardPool
 
     def result(self, timeout: float | None = None) -> ScoredBatch:
-        """Waits for every shard and returns the scored batch.
+        """Waits for every shard and returns the scored batch (a shard whose actor died
+        for good is scored again by its replacement).
 
         Raises:
             ray.exceptions.GetTimeoutError: If `timeout` seconds pass first.
             ray.exceptions.RayTaskError: Wrapping the scorer's error (e.g. a ValueError
                 naming a non-finite row) when scoring fails.
         """
-        return merge_rewards(self.batch, ray.get(self.refs, timeout=timeout))
+        return merge_rewards(self.batch, self.pool._gather(self, timeout))
 
 
 def _check_scorable(cfg: RewardConfig) -> None:
@@ -116,6 +129,10 @@ class RewardPool:
             "transforms": tuple(transforms),
         }
         self._actors: list[Any] = []
+        self._pids: list[int] = []
+        self.faults: collections.Counter[str] = collections.Counter()
+        """Recoveries seen by this copy: `reward_restarts` (Ray restarted an actor) and
+        `reward_replacements` (an actor out of restarts was replaced)."""
         self.resize(cfg.num_actors)
 
     @property
@@ -145,9 +162,11 @@ class RewardPool:
             raise ValueError(f"a reward pool needs at least 1 actor, got {num_actors}")
         while len(self._actors) > num_actors:
             ray.kill(self._actors.pop(), no_restart=True)
+            self._pids.pop()
         new = [self._start_actor() for _ in range(num_actors - len(self._actors))]
-        ray.get([actor.describe.remote() for actor in new])
+        described = ray.get([actor.describe.remote() for actor in new])
         self._actors.extend(new)
+        self._pids.extend(d["pid"] for d in described)
 
     def score_async(self, batch: RolloutBatch) -> PendingScores:
         """Starts scoring `batch` and returns at once (overlap it with other work).
@@ -169,13 +188,40 @@ class RewardPool:
                 f"{batch.n_samples} samples (or is empty)"
             )
         world = min(self.num_actors, groups)
-        refs = []
-        for rank in range(world):
-            first, last = group_range(groups, rank, world)
-            shard = select_rollout_groups(batch, first, last)
-            offset = first * batch.n_samples
-            refs.append(self._actors[rank].compute.remote(shard, row_offset=offset))
-        return PendingScores(batch, refs)
+        return PendingScores(batch, [self._submit(batch, k, world) for k in range(world)], self)
+
+    def _submit(self, batch: RolloutBatch, k: int, world: int) -> ray.ObjectRef:
+        """Actor k's share (of `world` contiguous shares of prompt groups) of `batch`."""
+        first, last = group_range(len(batch.prompt_ids), k, world)
+        shard = select_rollout_groups(batch, first, last)
+        return self._actors[k].compute.remote(shard, row_offset=first * batch.n_samples)
+
+    def _gather(self, pending: PendingScores, timeout: float | None) -> list[Rewards]:
+        """Every share's rewards; an actor dead for good is replaced and its share
+        re-issued; then restarts Ray made are noted (see the module docstring)."""
+        parts = []
+        for k, ref in enumerate(pending.refs):
+            try:
+                parts.append(ray.get(ref, timeout=timeout))
+            except ActorDiedError:
+                self._replace(k)
+                parts.append(ray.get(self._submit(pending.batch, k, len(pending.refs))))
+        self._note_restarts()
+        return parts
+
+    def _replace(self, k: int) -> None:
+        self._actors[k] = self._start_actor()
+        self._pids[k] = ray.get(self._actors[k].describe.remote())["pid"]
+        self.faults["reward_replacements"] += 1
+        logger.warning("reward actor %d was out of restarts; replaced by a new one", k)
+
+    def _note_restarts(self) -> None:
+        pids = [d["pid"] for d in ray.get([a.describe.remote() for a in self._actors])]
+        for k, (old, new) in enumerate(zip(self._pids, pids, strict=True)):
+            if old != new:
+                self.faults["reward_restarts"] += 1
+                logger.warning("reward actor %d was restarted by Ray; its task was retried", k)
+        self._pids = pids
 
     def score(self, batch: RolloutBatch) -> ScoredBatch:
         """Scores `batch` across the actors; same result as `RewardScorer.score`."""
@@ -185,3 +231,4 @@ class RewardPool:
         """Kills every actor (idempotent)."""
         while self._actors:
             ray.kill(self._actors.pop(), no_restart=True)
+        self._pids = []

@@ -17,6 +17,7 @@ rule or model directory fails before any rollout is scored.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -262,8 +263,10 @@ class RewardScorer:
             )
 
     def describe(self) -> dict[str, Any]:
-        """What this scorer computes (for logs; also a cheap readiness probe for actors)."""
+        """What this scorer computes (for logs; also a cheap readiness probe for actors,
+        and its process id tells a pool whether Ray restarted it)."""
         return {
+            "pid": os.getpid(),
             "kind": self.cfg.kind,
             "source": self.cfg.rule if self.cfg.kind == "rule" else self.cfg.model_path,
             "retokenize": isinstance(self.source, ModelSource) and self.source.retokenize,

@@ -157,6 +157,9 @@ def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference, no_sh
     rows = read_metrics(result.metrics_dir)
     _assert_matches_reference(rows, reference)
     assert rows[-1]["faults/rollout_restarts"] == 1
+    # The reward actor was killed once iteration 2 was logged: a later scoring saw it.
+    restarts = [r.get("faults/reward_restarts", 0) for r in rows]
+    assert restarts[:2] == [0, 0] and restarts[-1] == 1, restarts
 
 
 def _ray_processes(temp_dir: Path) -> list[int]:

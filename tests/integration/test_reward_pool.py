@@ -121,3 +121,32 @@ def select_first_groups(batch: RolloutBatch, groups: int) -> RolloutBatch:
     from ray_rlhf.types import select_rollout_groups
 
     return select_rollout_groups(batch, 0, groups)
+
+
+def test_restarted_and_replaced_actors_are_counted_and_score_the_same(ray_session, tokenizer):
+    """SIGKILL of actor 1's process: Ray restarts it, the pool notices the new process id
+    (`reward_restarts`). Actor 0 killed for good: the pool replaces it and the new actor
+    scores its shard again (`reward_replacements`). Rewards stay those of the truth."""
+    import os
+    import signal
+
+    import ray
+
+    from ray_rlhf.distributed.reward_pool import RewardPool
+
+    batch = toy_batch(tokenizer)
+    rows = enumerate(RESPONSES)
+    truth = torch.tensor([toyworld.true_reward(PROMPTS[i // 2], r) for i, r in rows])
+    pool = RewardPool(RewardConfig(num_actors=2))  # the default rule: the toy world's truth
+    try:
+        assert torch.allclose(pool.score(batch).scores, truth)
+        assert pool.faults == {}
+        os.kill(ray.get(pool._actors[1].describe.remote())["pid"], signal.SIGKILL)
+        assert torch.allclose(pool.score(batch).scores, truth)
+        assert pool.faults == {"reward_restarts": 1}
+        ray.kill(pool._actors[0], no_restart=True)
+        assert torch.allclose(pool.score(batch).scores, truth)
+        assert pool.faults == {"reward_restarts": 1, "reward_replacements": 1}
+        assert pool.num_actors == 2
+    finally:
+        pool.shutdown()

@@ -46,6 +46,8 @@ class FakeRolloutPool:
 
 
 class FakeRewardPool:
+    faults: dict[str, int] = {}  # no recoveries in-process (never written)
+
     def score(self, batch: RolloutBatch) -> ScoredBatch:
         zeros = torch.zeros(batch.num_samples)
         return ScoredBatch(batch, zeros, torch.zeros_like(batch.sample_logprobs))
