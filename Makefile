@@ -12,7 +12,7 @@ demo: setup
 
 test: setup
 	@$(ENV) .venv/bin/ruff check ray_rlhf tests jobs benchmarks experiments examples && \
-	  .venv/bin/python -m pytest -q $(ARGS)
+	  .venv/bin/python -m pytest -q --durations=30 $(ARGS)
 
 unit: setup
 	@$(ENV) .venv/bin/python -m pytest -q tests/unit $(ARGS)
