@@ -185,3 +185,55 @@ def test_eval_points_and_per_domain_peaks():
     assert extra["domains"]["a"]["min"] == {  # the second seed never reached KL 1.5
         "sft": [0.4, 0.4], "peak": [0.7, 0.7], "final": [0.6, 0.7],
         "at_kl": [pytest.approx(0.65), None]}
+
+
+def test_iterate_meta_arms_start_from_the_testbed_stages_and_differ_only_in_metarm():
+    import dataclasses
+
+    from experiments.stages import rm_parts, stage_key
+
+    exp = load_experiment("iterate_meta", ROOT / "experiments/configs/iterate_meta.yaml", [])
+    plain = arm_config(exp.base, exp.arms["plain"], 0)
+    meta = arm_config(exp.base, exp.arms["meta"], 0)
+    assert (plain.rm.meta.enabled, meta.rm.meta.enabled) == (False, True)
+    assert dataclasses.replace(meta, rm=plain.rm) == plain
+    assert plain.iterate.rounds == 3 and plain.iterate.samples_per_prompt == meta.rm.meta.k
+    assert stage_key(rm_parts(plain)) == "0b40cdfc6ae2"  # the testbed's seed-0 proxy RM
+
+
+def _write_round(base, samples_true, before, after, heldout, evals):
+    import json
+
+    for name, done in (("samples", {"true_reward": samples_true}),
+                       ("rm", {"sample_accuracy_before": before, "sample_accuracy": after,
+                               "eval_accuracy": heldout}), ("ppo", {})):
+        (base / name).mkdir(parents=True)
+        (base / name / "DONE.json").write_text(json.dumps(done))
+    (base / "ppo" / "ppo").mkdir()
+    rows = [{"step": s, TRUE_KEY: t, "eval/sampled/kl_to_ref": kl,
+             "eval/sampled/style_rate": st} for s, t, kl, st in evals]
+    rows.insert(1, {"step": 1, "train/kl": 0.1})  # a training row is skipped
+    (base / "ppo" / "ppo" / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)))
+
+
+def test_iterate_meta_rounds_table_from_the_phase_summaries(tmp_path):
+    from experiments.iterate_meta import format_report, seed_rounds
+
+    run = tmp_path / "seed0" / "meta"
+    _write_round(run / "round_1", 0.55, None, 0.70, 0.80,
+                 [(0, 0.50, 0.0, 0.2), (5, 0.58, 0.4, 0.3), (15, 0.60, 0.9, 0.4)])
+    _write_round(run / "round_2", 0.61, 0.65, 0.68, 0.79,
+                 [(0, 0.60, 0.0, 0.4), (15, 0.64, 0.7, 0.5)])
+    rows = seed_rounds(run, 2)
+    assert rows[0] == {"round": 0, "ppo_true": 0.50, "ppo_style": 0.2, "ppo_kl": 0.0}
+    assert rows[1] == {"round": 1, "samples_true": 0.55, "acc_before": None, "acc_after": 0.70,
+                       "acc_heldout_pairs": 0.80, "ppo_true": 0.60, "ppo_style": 0.4,
+                       "ppo_kl": 0.9}
+    assert (rows[2]["acc_before"], rows[2]["ppo_true"], rows[2]["ppo_kl"]) == (0.65, 0.64, 0.7)
+
+    exp = load_experiment("iterate_meta", ROOT / "experiments/configs/iterate_meta.yaml", [])
+    data = {"rounds": 2, "arms": {"meta": {"seeds": [0, 1], "per_seed": [rows, rows]}}}
+    text = format_report(exp, data)
+    assert "| meta | 0 | 2 | — | — | — | — | 0.500 ± 0.000 | 0.000 ± 0.000 | 0.200 ± 0.000 |" in text
+    assert "| meta | 2 | 2 | 0.610 ± 0.000 | 0.650 ± 0.000 | 0.680 ± 0.000 |" in text
+    assert "| meta | 1 | 0.500 → 0.600 → 0.640 | 0.700 → 0.680 |" in text
