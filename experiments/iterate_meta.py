@@ -136,7 +136,8 @@ def format_report(exp: Experiment, data: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per seed (held-out true reward after each round's PPO, round 0 = SFT; "
               "RM_r accuracy on the round's samples):", "",
-              "| arm | seed | true reward r0 → rR | RM_r acc on samples r1 → rR |", "|---|---|---|---|"]
+              "| arm | seed | true reward r0 → rR | RM_r acc on samples r1 → rR |",
+              "|---|---|---|---|"]
     for arm, entry in data["arms"].items():
         for seed, rows in zip(entry["seeds"], entry["per_seed"], strict=True):
             true = " → ".join(f"{row['ppo_true']:.3f}" for row in rows)
