@@ -49,3 +49,21 @@ def test_chat_prompts_are_seeded_deduplicated_and_capped(tmp_path: Path) -> None
     path = write_jsonl(rows, tmp_path / "sub" / "prompts.jsonl")
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows
     assert not (tmp_path / "sub" / "prompts.jsonl.partial").exists()
+
+
+def test_pairs_never_reject_with_a_rows_own_reply():
+    from examples.smollm2.pairs import make_pairs
+
+    rows = [
+        {"id": str(i), "messages": [{"role": "user", "content": f"q{i}"},
+                                    {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(5)
+    ]
+    pairs = make_pairs(rows, seed=1)
+    assert [(p["id"], p["prompt"], p["chosen"]) for p in pairs] == [
+        (str(i), f"q{i}", f"a{i}") for i in range(5)
+    ]
+    rejected = [p["rejected"] for p in pairs]
+    assert sorted(rejected) == [f"a{i}" for i in range(5)]  # every reply used once
+    assert all(p["rejected"] != p["chosen"] for p in pairs)
+    assert make_pairs(rows, seed=1) == pairs  # seeded
