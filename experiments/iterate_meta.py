@@ -24,11 +24,10 @@ import json
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from experiments.protocol import Experiment, arm_config, load_experiment
+from experiments.protocol import Experiment, arm_config, load_experiment, run_pending
 from experiments.report import mean_std
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -200,24 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     exp = load_experiment(NAME, args.config, args.overrides)
     if exp.base.iterate is None:
         parser.error(f"{args.config}: needs an `iterate` section")
-    from experiments.stages import Stages
-    from ray_rlhf.config import requested_cpus
-    from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
-
-    exp.run_dir.mkdir(parents=True, exist_ok=True)
-    pending = [(a, s) for s in exp.settings.seeds for a in exp.arms
-               if not (exp.run_dir / f"seed{s}" / a / "DONE.json").exists()]
-    if pending:
-        stages = Stages(Path(exp.settings.shared_dir))
-        started = init_ray(exp.base.resources, min_cpus=requested_cpus(exp.base))
-        try:
-            for i, (arm, seed) in enumerate(pending, 1):
-                t0 = time.perf_counter()
-                run_arm(exp, stages, arm, seed)
-                log.info("[%d/%d] %s seed %d done in %.0f s", i, len(pending), arm, seed,
-                         time.perf_counter() - t0)
-        finally:
-            shutdown_ray(started)
+    run_pending(exp, run_arm)
     text = write_report(exp)
     print(text, flush=True)
     if args.publish:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,27 +238,35 @@ def run_pair(exp: Experiment, stages: Any, arm: str, seed: int) -> Path:
     return out
 
 
-def run_experiment(exp: Experiment) -> dict[str, Any]:
-    """Every (arm, seed) not yet done, then the report; returns the report's numbers."""
-    from experiments.report import write_report
+def run_pending(exp: Experiment, run_one: Callable[[Experiment, Any, str, int], Path]) -> None:
+    """`run_one(exp, stages, arm, seed)` for every (arm, seed) whose run dir has no
+    `DONE.json` yet, seed by seed, on one Ray session."""
     from experiments.stages import Stages
     from ray_rlhf.config import requested_cpus
     from ray_rlhf.distributed.runtime import init_ray, shutdown_ray
 
-    start = time.perf_counter()
     exp.run_dir.mkdir(parents=True, exist_ok=True)
     (exp.run_dir / "config_sha256.txt").write_text(exp.config_sha256 + "\n")
     stages = Stages(Path(exp.settings.shared_dir))
     pending = [(a, s) for s in exp.settings.seeds for a in exp.arms
                if not (exp.run_dir / f"seed{s}" / a / "DONE.json").exists()]
-    if pending:
-        started = init_ray(exp.base.resources, min_cpus=requested_cpus(exp.base))
-        try:
-            for i, (arm, seed) in enumerate(pending, 1):
-                t0 = time.perf_counter()
-                run_pair(exp, stages, arm, seed)
-                log.info("[%d/%d] %s seed %d done in %.0f s", i, len(pending), arm, seed,
-                         time.perf_counter() - t0)
-        finally:
-            shutdown_ray(started)
+    if not pending:
+        return
+    started = init_ray(exp.base.resources, min_cpus=requested_cpus(exp.base))
+    try:
+        for i, (arm, seed) in enumerate(pending, 1):
+            t0 = time.perf_counter()
+            run_one(exp, stages, arm, seed)
+            log.info("[%d/%d] %s seed %d done in %.0f s", i, len(pending), arm, seed,
+                     time.perf_counter() - t0)
+    finally:
+        shutdown_ray(started)
+
+
+def run_experiment(exp: Experiment) -> dict[str, Any]:
+    """Every (arm, seed) not yet done, then the report; returns the report's numbers."""
+    from experiments.report import write_report
+
+    start = time.perf_counter()
+    run_pending(exp, run_pair)
     return write_report(exp, time.perf_counter() - start)
