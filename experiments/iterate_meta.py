@@ -154,6 +154,7 @@ def plot(data: dict[str, Any], out_png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for arm, entry in data["arms"].items():
@@ -169,6 +170,7 @@ def plot(data: dict[str, Any], out_png: Path) -> Path:
     axes[0].set(xlabel="round (0 = SFT)", ylabel="held-out true reward (sampled)")
     axes[1].set(xlabel="round", ylabel="RM_r accuracy on π_r-1 samples")
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
