@@ -138,9 +138,7 @@ def test_learner_sigkill_after_a_resize(tmp_path, base_model, reference, no_shm_
 def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference, no_shm_left):
     """The rollout actor's process is killed after iteration 1 is logged, the reward actor's
     after iteration 2: Ray restarts each, the rollout pool catches its actor up with the
-    current weights and re-issues the share, the reward task is retried. The rollout actor
-    is killed again after iteration 3: with `rollout.max_restarts=1` it is dead for good,
-    and the pool replaces it with a new actor holding the current weights."""
+    current weights and re-issues the share, the reward task is retried."""
     from ray_rlhf.loops import ppo
 
     cfg, run_dir = _prepare(tmp_path, base_model)
@@ -150,17 +148,15 @@ def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference, no_sh
     def chaos() -> None:
         _kill_actor_when_logged(metrics, 1, "RolloutActor", killed)
         _kill_actor_when_logged(metrics, 2, "RewardScorer", killed)
-        _kill_actor_when_logged(metrics, 3, "RolloutActor", killed)
 
     thread = threading.Thread(target=chaos, daemon=True)
     thread.start()
     result = ppo.run(cfg, run_dir, base_model)
     thread.join(timeout=10)
-    assert len(killed) == 3
+    assert len(killed) == 2
     rows = read_metrics(result.metrics_dir)
     _assert_matches_reference(rows, reference)
-    assert [r.get("faults/rollout_restarts", 0) for r in rows] == [0, 1, 1, 1]
-    assert [r.get("faults/rollout_replacements", 0) for r in rows] == [0, 0, 0, 1]
+    assert rows[-1]["faults/rollout_restarts"] == 1
     # The reward actor was killed once iteration 2 was logged: a later scoring saw it.
     restarts = [r.get("faults/reward_restarts", 0) for r in rows]
     assert restarts[:2] == [0, 0] and restarts[-1] == 1, restarts
