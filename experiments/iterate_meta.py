@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -205,12 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     text = write_report(exp)
     print(text, flush=True)
     if args.publish:
-        out = Path(args.publish)
-        out.mkdir(parents=True, exist_ok=True)
-        notes = out / f"{NAME}_notes.md"
-        (out / f"{NAME}.md").write_text(text + ("\n" + notes.read_text() if notes.exists() else ""))
-        for suffix in (".json", ".png"):
-            shutil.copyfile(exp.run_dir / f"{NAME}{suffix}", out / f"{NAME}{suffix}")
+        from experiments.run import publish
+
+        publish(NAME, exp.run_dir, Path(args.publish), plot=f"{NAME}.png")
     return 0
 
 

@@ -47,16 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if data["arms"] else 1
 
 
-def publish(name: str, run_dir: Path, out: Path) -> None:
-    """Copy an experiment's report (image link renamed), JSON and plot into `out`."""
+def publish(name: str, run_dir: Path, out: Path, plot: str = "gold_vs_kl.png") -> None:
+    """Copy an experiment's report (image link renamed), JSON and plot (`plot` in the run
+    dir) into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    report = (run_dir / "report.md").read_text().replace("(gold_vs_kl.png)", f"({name}.png)")
+    report = (run_dir / "report.md").read_text().replace(f"({plot})", f"({name}.png)")
     notes = out / f"{name}_notes.md"
     if notes.exists():
         report += "\n" + notes.read_text()
     (out / f"{name}.md").write_text(report)
     shutil.copyfile(run_dir / f"{name}.json", out / f"{name}.json")
-    shutil.copyfile(run_dir / "gold_vs_kl.png", out / f"{name}.png")
+    shutil.copyfile(run_dir / plot, out / f"{name}.png")
 
 
 if __name__ == "__main__":

@@ -121,12 +121,9 @@ def _worker_nodes(head: Head) -> dict[str, set[str]]:
     """node type -> ids of the live worker nodes of that type (from their resources)."""
     found: dict[str, set[str]] = {"rollout_gpu": set(), "learner_gpu": set()}
     for node in _state(head, "nodes"):
-        if node["state"] != "ALIVE":
-            continue
-        resources = node.get("resources_total", {})
-        for kind, key in (("rollout_gpu", "rollout"), ("learner_gpu", "learner")):
-            if resources.get(key):
-                found[kind].add(node["node_id"])
+        kind = _node_kind(node)
+        if node["state"] == "ALIVE" and kind in found:
+            found[kind].add(node["node_id"])
     return found
 
 
