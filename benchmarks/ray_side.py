@@ -23,7 +23,8 @@ def ppo_overrides(spec: dict) -> list[str]:
     w = Workload(**{k: v for k, v in spec["workload"].items() if k != "completions"})
     learners = int(spec.get("learners", 1))
     actors = int(spec.get("rollout_actors", 1))
-    return [
+    threads = int(spec.get("threads_per_role", THREADS))
+    out = [
         f"run.output_dir={spec['out_dir']}",
         f"run.name={spec['name']}",
         "run.overwrite=true",
@@ -45,15 +46,20 @@ def ppo_overrides(spec: dict) -> list[str]:
         f"rollout.n_samples={w.n}",
         "rollout.ignore_eos=true",
         f"rollout.num_actors={actors}",
-        f"rollout.cpus_per_actor={THREADS // actors}",
+        f"rollout.cpus_per_actor={max(threads // actors, 1)}",
         f"rollout.kv_cache_mib={w.kv_cache_mib}",
-        f"rollout.sync_transport={spec.get('transport', 'object_store')}",
         f"learner.num_workers={learners}",
-        f"learner.cpus_per_worker={THREADS // learners}",
-        f"learner.zero_stage={spec.get('zero_stage', 0)}",
+        f"learner.cpus_per_worker={max(threads // learners, 1)}",
         "learner.max_failures=0",
         "learner.grad_clip=1.0",
+        f"ppo.async_rollouts={str(bool(spec.get('async', False))).lower()}",
     ]
+    # Left to the config's defaults unless the runner was told otherwise.
+    if spec.get("transport") is not None:
+        out.append(f"rollout.sync_transport={spec['transport']}")
+    if spec.get("zero_stage") is not None:
+        out.append(f"learner.zero_stage={spec['zero_stage']}")
+    return out
 
 
 def run(spec: dict) -> dict:

@@ -30,18 +30,17 @@ def run(spec: dict) -> dict:
 
     w = Workload(**{k: v for k, v in spec["workload"].items() if k != "completions"})
     torch.set_num_threads(THREADS)
-    cfg = load_config(
-        None,
-        [
-            f"rm.lr={w.lr}",
-            f"rm.batch_size={w.rm_pairs}",
-            f"rm.steps={spec['iterations']}",
-            "rm.warmup_steps=0",
-            "learner.num_workers=1",
-            f"learner.zero_stage={spec.get('zero_stage', 0)}",
-            "learner.grad_clip=1.0",
-        ],
-    )
+    overrides = [
+        f"rm.lr={w.lr}",
+        f"rm.batch_size={w.rm_pairs}",
+        f"rm.steps={spec['iterations']}",
+        "rm.warmup_steps=0",
+        "learner.num_workers=1",
+        "learner.grad_clip=1.0",
+    ]
+    if spec.get("zero_stage") is not None:
+        overrides.append(f"learner.zero_stage={spec['zero_stage']}")
+    cfg = load_config(None, overrides)
     tokenizer = load_tokenizer(spec["model_dir"])
     data = load_preferences(spec["pairs_path"], tokenizer=tokenizer)
     pairs = tokenize_pairs(data, tokenizer, max_length=256)

@@ -25,7 +25,7 @@ from benchmarks.settings import REPEATS, SMOKE, WORKLOADS, Workload, bench_env
 from benchmarks.trl_env import ensure_bench_env
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("trl", "floor", "pools", "rm")
+PARTS = ("trl", "floor", "pools", "rm", "async")
 
 
 class Runner:
@@ -123,6 +123,8 @@ def bench_size(
             if "floor" in args.parts and algo == args.algos[0]:
                 spec = base | {"name": f"{size}-floor-r{rnd}"}
                 got["floor"] = run("benchmarks.floor", spec)
+            if "async" in args.parts and algo == args.algos[0]:
+                got |= sync_vs_async(run, base, size, algo, rnd)
         if "rm" in args.parts:
             jobs = [("ray", "benchmarks.rm_side", False)]
             if use_trl:
@@ -135,6 +137,23 @@ def bench_size(
         spec = base | {"name": f"{size}-pools", "reps": args.reps, "warmup": 1}
         raw["pools"] = run("benchmarks.pools", spec)
     return raw
+
+
+def sync_vs_async(run: Runner, base: dict, size: str, algo: str, rnd: int) -> dict:
+    """ray_rlhf sync and async (`ppo.async_rollouts`) with one thread per role, the config's
+    default: in a sync iteration the roles take turns, so each leaves a core idle; async
+    generation overlaps them. Alternating order, like the TRL comparison."""
+    arms = [("sync1", False), ("async1", True)]
+    got = {}
+    for arm, on in arms if rnd % 2 == 0 else arms[::-1]:
+        spec = base | {
+            "name": f"{size}-{algo}-{arm}-r{rnd}",
+            "algo": algo,
+            "async": on,
+            "threads_per_role": 1,
+        }
+        got[f"{algo}/{arm}"] = run("benchmarks.ray_side", spec)
+    return got
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -166,8 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--zero-stage",
         type=int,
         choices=(0, 1, 2, 3),
-        default=0,
-        help="ray_rlhf learners' DeepSpeed ZeRO stage (0: nothing to shard with 1 learner)",
+        default=None,
+        help="ray_rlhf learners' DeepSpeed ZeRO stage (default: the config's, 0 with one learner)",
     )
     parser.add_argument("--smoke", action="store_true", help="the test suite's tiny work")
     parser.add_argument("--timeout", type=float, default=3600.0, help="per subprocess, s")

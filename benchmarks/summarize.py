@@ -138,6 +138,29 @@ def _floor(rounds: list[dict], algo: str, warmup: int, reps: int) -> dict | None
     return out
 
 
+def _sync_vs_async(rounds: list[dict], algo: str, warmup: int, reps: int) -> dict | None:
+    """One thread per role, sync vs async: medians and the same-round ratio
+    sync s/iteration / async s/iteration (> 1: async faster)."""
+    both = [r for r in rounds if f"{algo}/sync1" in r and f"{algo}/async1" in r]
+    if not both:
+        return None
+    out: dict = {}
+    for arm in ("sync1", "async1"):
+        runs = [ray_run(r[f"{algo}/{arm}"], warmup, reps) for r in both]
+        out[arm] = {k: median([x[k] for x in runs]) for k in ("iteration", "loop", "other", *PHASES)}
+        out[arm]["setup"] = median([x["setup"] for x in runs])
+        out[arm]["n"] = sum(len(x["iterations"]) for x in runs)
+        rows = [row for r in both for row in r[f"{algo}/{arm}"]["rows"]]
+        out[arm]["staleness"] = median([row.get("rollout/staleness", 0.0) for row in rows[1:]])
+    ratios = [
+        ray_run(r[f"{algo}/sync1"], warmup, reps)["iteration"]
+        / ray_run(r[f"{algo}/async1"], warmup, reps)["iteration"]
+        for r in both
+    ]
+    out["speedup"] = _ratio_stats(ratios)
+    return out
+
+
 def _pools(raw: dict | None) -> dict | None:
     if raw is None:
         return None
@@ -181,6 +204,9 @@ def summarize(raw: dict, w: Workload, args: argparse.Namespace) -> dict:
             floor = _floor(rounds, algo, args.warmup, args.reps)
             if floor is not None:
                 out["algos"][algo]["floor"] = floor
+        both = _sync_vs_async(rounds, algo, args.warmup, args.reps)
+        if both is not None:
+            out.setdefault("async", {})[algo] = both
     out["rm"] = _pair(rounds, "rm", args.warmup, args.reps, w.rm_pairs)
     out["pools"] = _pools(raw.get("pools"))
     return out
