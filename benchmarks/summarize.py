@@ -147,7 +147,9 @@ def _sync_vs_async(rounds: list[dict], algo: str, warmup: int, reps: int) -> dic
     out: dict = {}
     for arm in ("sync1", "async1"):
         runs = [ray_run(r[f"{algo}/{arm}"], warmup, reps) for r in both]
-        out[arm] = {k: median([x[k] for x in runs]) for k in ("iteration", "loop", "other", *PHASES)}
+        out[arm] = {
+            k: median([x[k] for x in runs]) for k in ("iteration", "loop", "other", *PHASES)
+        }
         out[arm]["setup"] = median([x["setup"] for x in runs])
         out[arm]["n"] = sum(len(x["iterations"]) for x in runs)
         rows = [row for r in both for row in r[f"{algo}/{arm}"]["rows"]]
