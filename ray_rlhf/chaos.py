@@ -55,3 +55,39 @@ def kill_self_if_asked(control_path: Path, key: str, point: object) -> None:
         return
     fired.write_text(f"{point} pid {os.getpid()}\n")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_actors_if_asked(control_path: Path, key: str, point: int) -> None:
+    """If `control_path` has `key: {point: ActorClassName, ...}` and the entry for `point`
+    has not fired yet, SIGKILL the processes of every live actor of that class on this node
+    and wait until Ray has seen them die (restarting, dead, or alive in a new process), so
+    the next call to them meets the fault. Records `<control_path>.<key>_<point>_fired`.
+
+    The actor table comes from the GCS (`ray._private.state`: the embedded cluster has no
+    dashboard for the state API); single-machine fault tests only.
+    """
+    wanted = control_value(control_path, key)
+    fired = control_path.with_name(f"{control_path.name}.{key}_{point}_fired")
+    if not isinstance(wanted, dict) or point not in wanted or fired.exists():
+        return
+    pids = live_actor_pids(str(wanted[point]))
+    fired.write_text(f"{wanted[point]} pids {pids}\n")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    logger.warning("chaos: killed %s processes %s before iteration %d", wanted[point], pids, point)
+    deadline = time.monotonic() + 60
+    while set(pids) & set(live_actor_pids(str(wanted[point]))):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"chaos: Ray still lists {pids} as alive after 60 s")
+        time.sleep(0.1)
+
+
+def live_actor_pids(class_name: str) -> list[int]:
+    """Processes of this cluster's live actors of `class_name`, from the GCS actor table."""
+    from ray._private import state
+
+    return [
+        int(a["Pid"])
+        for a in state.actors().values()
+        if a["ActorClassName"] == class_name and a["State"] == "ALIVE"
+    ]

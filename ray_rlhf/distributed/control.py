@@ -1,17 +1,18 @@
 """The run's control file (`<run dir>/control.yaml`), read by learner rank 0 between PPO
-iterations: `rollout_actors: N` resizes the rollout pool; `kill_learner_at_iteration: k`
-is a fault-test hook that makes a learner process SIGKILL itself once."""
+iterations: `rollout_actors: N` resizes the rollout pool. Fault-test hooks:
+`kill_learner_at_iteration: k` makes a learner process SIGKILL itself once, and
+`kill_actors_at_iteration: {k: ActorClassName}` makes rank 0 SIGKILL that class's actors
+before iteration k."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import ray
 import ray.train
 
-from ray_rlhf.chaos import kill_self_if_asked
+from ray_rlhf.chaos import kill_actors_if_asked, kill_self_if_asked
 from ray_rlhf.distributed.rollout_pool import PlacementTimeout
 from ray_rlhf.progress import NOTICE_KEY
 
@@ -44,16 +45,10 @@ def apply_control(pools: dict, control_path: Path) -> dict[str, float]:
                     "rollout/actors": float(pool.size),
                     "faults/resize_unplaced": 1.0,
                     NOTICE_KEY: notice,
-                    **_fault_counts(pool),
                 }
         elif wanted is not None and not (isinstance(wanted, int) and wanted >= 1):
             logger.warning("ppo: %s: rollout_actors must be an int >= 1", control_path)
-    return {"rollout/actors": float(pool.size), **_fault_counts(pool)}
-
-
-def _fault_counts(pool: Any) -> dict[str, float]:
-    """`faults/<kind>`: the pool's recoveries so far in this process (rank 0)."""
-    return {f"faults/{kind}": float(n) for kind, n in pool.faults.items()}
+    return {"rollout/actors": float(pool.size)}
 
 
 _UNPLACED: dict[Path, int] = {}
@@ -64,6 +59,9 @@ Lives in rank 0's process; a restarted worker group tries once more."""
 def chaos_hooks(control_path: Path, it: int, rank: int) -> None:
     """Fault-test hooks (`ray_rlhf.chaos`) at the start of iteration `it + 1`:
     `kill_learner_at_iteration: k` makes the last rank SIGKILL its own process once, so Ray
-    Train restarts the worker group from the last checkpoint."""
+    Train restarts the worker group from the last checkpoint; `kill_actors_at_iteration:
+    {k: ActorClassName}` makes rank 0 SIGKILL that class's actors (rollout or reward) once."""
+    if rank == 0:
+        kill_actors_if_asked(control_path, "kill_actors_at_iteration", it + 1)
     if rank == ray.train.get_context().get_world_size() - 1:
         kill_self_if_asked(control_path, "kill_learner_at_iteration", it + 1)

@@ -213,7 +213,9 @@ def _score_rollout(
     # each transform's, e.g. `reward/contrastive_baseline`).
     metrics |= {k: float(v.float().mean()) for k, v in scored.diagnostics.items()}
     metrics |= segment_batch_metrics(scored.diagnostics)
-    metrics |= {f"faults/{kind}": float(n) for kind, n in pools["reward"].faults.items()}
+    # The pools' recoveries so far, including this iteration's generation and scoring.
+    for pool in (pools["rollout"], pools["reward"]):
+        metrics |= {f"faults/{kind}": float(n) for kind, n in pool.faults.items()}
     if prompts.toyworld:
         metrics |= _toy_metrics("rollout", batch.prompts, batch.responses, batch.n_samples)
     return scored, metrics

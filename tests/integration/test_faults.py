@@ -5,9 +5,10 @@ rewards, and after each recovery the rollout actors serve the learner's weights
 (`train/logprob_diff_max` < 1e-4). Checkpoints every 2 iterations, so a recovery replays
 iterations that were already logged.
 
-SIGKILL is sent to the learner worker (by the chaos hook: the process kills itself), to the
-rollout and reward actors' processes (found in the GCS's actor table), and to the whole driver
-process group of a `jobs/train_ppo.py` run, which the test then starts again.
+SIGKILL is sent by the chaos hooks of the run's control file to the learner worker (the
+process kills itself) and to the rollout and reward actors' processes (rank 0 finds them in
+the GCS's actor table), and by the test to the whole driver process group of a
+`jobs/train_ppo.py` run, which it then starts again.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from ray_rlhf.chaos import live_actor_pids
 from ray_rlhf.config import load_config
 from ray_rlhf.metrics import read_metrics
 
@@ -94,28 +95,6 @@ def no_shm_left():
     assert _shm() - before == set()
 
 
-def _alive_pids(class_name: str) -> list[int]:
-    """Processes of this cluster's live actors of `class_name` (from the GCS; the state
-    API needs the dashboard, which the embedded cluster does not start)."""
-    from ray._private import state
-
-    actors = state.actors().values()
-    return [a["Pid"] for a in actors if a["ActorClassName"] == class_name and a["State"] == "ALIVE"]
-
-
-def _kill_actor_when_logged(metrics: Path, step: int, class_name: str, killed: list) -> None:
-    """Once `metrics` has the row of iteration `step`, SIGKILL the (one) live actor of
-    `class_name`: the next iteration's call to it is in flight or about to be."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if metrics.is_file() and any(r["step"] >= step for r in read_metrics(metrics.parent)):
-            (pid,) = _alive_pids(class_name)
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-            return
-        time.sleep(0.05)
-
-
 def test_learner_sigkill_after_a_resize(tmp_path, base_model, reference, no_shm_left):
     """The rollout pool grows 1 -> 2 before iteration 1 (its owner creates the new actor),
     then the learner process SIGKILLs itself at the start of iteration 3 (checkpoint at 2):
@@ -132,34 +111,30 @@ def test_learner_sigkill_after_a_resize(tmp_path, base_model, reference, no_shm_
     _assert_matches_reference(rows, reference)
     assert [r["rollout/actors"] for r in rows] == [2] * ITERATIONS
     assert [r.get("faults/learner_restarts", 0) for r in rows] == [0, 0, 1, 1]
-    assert _alive_pids("RolloutActor") == []  # shutdown reached the actor the resize added
+    assert live_actor_pids("RolloutActor") == []  # shutdown reached the actor the resize added
 
 
 def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference, no_shm_left):
-    """The rollout actor's process is killed after iteration 1 is logged, the reward actor's
-    after iteration 2: Ray restarts each, the rollout pool catches its actor up with the
-    current weights and re-issues the share, the reward task is retried."""
+    """Rank 0 SIGKILLs the rollout actor's process before iteration 2 and again before
+    iteration 4, and the reward actor's before iteration 3 (control-file hooks). Ray
+    restarts each once (`max_restarts=1`): the rollout pool catches its restarted actor up
+    with the current weights and re-issues the share, the reward pool scores again. The
+    second rollout kill leaves the actor dead for good, and the pool replaces it with a new
+    one holding the current weights. Each recovery is counted in its iteration's row."""
     from ray_rlhf.loops import ppo
 
     cfg, run_dir = _prepare(tmp_path, base_model)
-    metrics = run_dir / "ppo" / "metrics.jsonl"
-    killed: list[int] = []
-
-    def chaos() -> None:
-        _kill_actor_when_logged(metrics, 1, "RolloutActor", killed)
-        _kill_actor_when_logged(metrics, 2, "RewardScorer", killed)
-
-    thread = threading.Thread(target=chaos, daemon=True)
-    thread.start()
-    result = ppo.run(cfg, run_dir, base_model)
-    thread.join(timeout=10)
-    assert len(killed) == 2
-    rows = read_metrics(result.metrics_dir)
+    (run_dir / "control.yaml").write_text(
+        "kill_actors_at_iteration: {2: RolloutActor, 3: RewardScorer, 4: RolloutActor}\n"
+    )
+    rows = read_metrics(ppo.run(cfg, run_dir, base_model).metrics_dir)
+    for it in (2, 3, 4):
+        assert (run_dir / f"control.yaml.kill_actors_at_iteration_{it}_fired").is_file()
     _assert_matches_reference(rows, reference)
-    assert rows[-1]["faults/rollout_restarts"] == 1
-    # The reward actor was killed once iteration 2 was logged: a later scoring saw it.
-    restarts = [r.get("faults/reward_restarts", 0) for r in rows]
-    assert restarts[:2] == [0, 0] and restarts[-1] == 1, restarts
+    assert [r.get("faults/rollout_restarts", 0) for r in rows] == [0, 1, 1, 1]
+    assert [r.get("faults/rollout_replacements", 0) for r in rows] == [0, 0, 0, 1]
+    assert [r.get("faults/reward_restarts", 0) for r in rows] == [0, 0, 1, 1]
+    assert live_actor_pids("RolloutActor") == []  # shutdown reached the replacement too
 
 
 def _ray_processes(temp_dir: Path) -> list[int]:
