@@ -104,14 +104,19 @@ def _scored_batch(prompts: list[list[int]], n: int, tokens: int, vocab: int):
     return ScoredBatch(batch, scores, algo.place_last_token_rewards(scores, resp))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model dir and the batch shape (the SmolLM2 example's by default)."""
     parser.add_argument("model_dir")
     parser.add_argument("--prompts", help="prompts.jsonl with `messages` rows")
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--n-samples", type=int, default=4)
     parser.add_argument("--response-tokens", type=int, default=32)
     parser.add_argument("--micro-batch-size", type=int, default=4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_shape_arguments(parser)
     parser.add_argument("--advantage", default="rloo")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument(

@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from benchmarks.learner_memory import _prompt_token_ids, _scored_batch
+from benchmarks.learner_memory import _prompt_token_ids, _scored_batch, add_shape_arguments
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -80,12 +80,7 @@ def _learner(model_dir: str, args: argparse.Namespace):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir")
-    parser.add_argument("--prompts", help="prompts.jsonl with `messages` rows")
-    parser.add_argument("--num-prompts", type=int, default=8)
-    parser.add_argument("--n-samples", type=int, default=4)
-    parser.add_argument("--response-tokens", type=int, default=32)
-    parser.add_argument("--micro-batch-size", type=int, default=4)
+    add_shape_arguments(parser)
     parser.add_argument("--reps", type=int, default=4)
     args = parser.parse_args()
 
