@@ -29,7 +29,8 @@ import ray.train
 import torch
 
 from ray_rlhf.chaos import pause_if_asked
-from ray_rlhf.config import EVAL_SAMPLED_TEMPERATURE, RLHFConfig
+from ray_rlhf.config import RLHFConfig
+from ray_rlhf.config_ppo import EVAL_SAMPLED_TEMPERATURE
 from ray_rlhf.data.sampler import global_batch_indices
 from ray_rlhf.distributed.checkpointing import (
     STORAGE_KEY,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray_rlhf.config import EVAL_SAMPLED_TEMPERATURE, RLHFConfig
+from ray_rlhf.config import RLHFConfig
+from ray_rlhf.config_ppo import EVAL_SAMPLED_TEMPERATURE
 
 
 def evaluate_policy(
