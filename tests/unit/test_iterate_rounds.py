@@ -12,7 +12,8 @@ import pytest
 from ray_rlhf.cli import parse_config
 from ray_rlhf.config import ConfigError, load_config
 from ray_rlhf.loops.common import RunDirError
-from ray_rlhf.loops.iterate import (
+from ray_rlhf.loops.iterate import write_meta_responses
+from ray_rlhf.loops.iterate_plan import (
     META_FILE,
     TRUTH_RULE,
     UNSCORED_RULE,
@@ -25,7 +26,6 @@ from ray_rlhf.loops.iterate import (
     round_inputs,
     sample_rows,
     samples_config,
-    write_meta_responses,
 )
 
 META = ["rm.meta.enabled=true"]
