@@ -8,7 +8,6 @@ groups, so group baselines (RLOO / GRPO) see whole groups. All math comes from
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,151 +28,20 @@ from ray_rlhf.learner.engine import (
     save_engine_state,
 )
 from ray_rlhf.learner.logits import response_logits
+from ray_rlhf.learner.ppo_batch import (
+    Experience,
+    all_reduce_sum,
+    async_is_weights,
+    batch_plan,
+    global_whiten,
+    logprob_diff,
+    world_size,
+)
 from ray_rlhf.models.builders import load_critic, load_policy, score_positions
 from ray_rlhf.types import RolloutBatch, ScoredBatch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-
-@dataclass
-class Experience:
-    """Everything one PPO update needs; all (N, T) and aligned with `input_ids`. The
-    learner's logprobs are computed on response tokens only (0 elsewhere)."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    mask: torch.Tensor  # True on response tokens
-    old_logprobs: torch.Tensor | None  # None: the training forward's own (see make_experience)
-    ref_logprobs: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor | None
-    old_values: torch.Tensor | None
-    sample_logprobs: torch.Tensor  # the sampler's (vLLM's), for train/logprob_diff
-    is_weights: torch.Tensor | None = None  # async: truncated pi_old / pi_sampler per token
-
-    def rows(self, idx: torch.Tensor) -> Experience:
-        """The rows `idx`, trimmed to their longest sequence."""
-        width = int(self.attention_mask[idx].sum(dim=1).max())
-
-        def take(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[idx, :width]
-
-        return Experience(*(take(getattr(self, f)) for f in self.__dataclass_fields__))
-
-
-def _world() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_reduce_sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if _world() > 1:
-        torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
-def _global_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Whiten over the response tokens of *all* ranks (REINFORCE++'s batch normalization).
-
-    Two passes in float64 (the global mean, then the global sum of squared deviations):
-    the one-pass E[x^2] - mean^2 in float32 loses the variance when the mean is large
-    (rewards in the thousands).
-
-    Args:
-        x: (N, T) values; mask: (N, T) bool, True where a value counts.
-
-    Returns:
-        (N, T) in x's dtype: (x - mean) / (std + eps) on the mask, 0 elsewhere.
-    """
-    xd = x.double()
-    n, s = _all_reduce_sum([float(mask.sum()), float((xd * mask).sum())])
-    mean = s / max(n, 1.0)
-    (ss,) = _all_reduce_sum([float((((xd - mean) * mask) ** 2).sum())])
-    std = (ss / max(n - 1, 1.0)) ** 0.5
-    return torch.where(mask, ((xd - mean) / (std + eps)).to(x.dtype), torch.zeros_like(x))
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How one rank cuts its share of an iteration into optimizer steps.
-
-    Every optimizer step (a minibatch of `ppo.minibatch_size` rows over all ranks) is
-    `grad_accum` micro-batches of `micro` rows on every rank; an iteration is a whole number
-    of minibatches, so no accumulation crosses a weight sync and no row is dropped.
-    """
-
-    rows: int
-    """This rank's rows per iteration (prompts_per_iteration x n_samples / world)."""
-    minibatch: int
-    """This rank's rows per optimizer step (minibatch_size / world)."""
-    micro: int
-    """Rows per forward/backward."""
-
-    @property
-    def grad_accum(self) -> int:
-        """Micro-batches per optimizer step."""
-        return self.minibatch // self.micro
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps per epoch."""
-        return self.rows // self.minibatch
-
-
-def batch_plan(cfg: RLHFConfig, world: int) -> BatchPlan:
-    """The exact per-rank plan for `cfg` on `world` learners.
-
-    Raises:
-        ValueError: naming the key when the sizes do not cut into whole pieces (the config
-            check rejects these before Ray starts; this guards direct callers).
-    """
-    ppo = cfg.ppo
-    total = ppo.prompts_per_iteration * cfg.rollout.n_samples
-    if ppo.prompts_per_iteration % world or ppo.minibatch_size % world:
-        raise ValueError(
-            f"ppo.prompts_per_iteration ({ppo.prompts_per_iteration}) and ppo.minibatch_size "
-            f"({ppo.minibatch_size}) must be multiples of the {world} learners"
-        )
-    rows, minibatch = total // world, ppo.minibatch_size // world
-    micro = min(ppo.micro_batch_size, minibatch)
-    if rows % minibatch or minibatch % micro:
-        raise ValueError(
-            f"ppo.minibatch_size={ppo.minibatch_size} must divide the {total} samples of an "
-            f"iteration, and ppo.micro_batch_size={ppo.micro_batch_size} its per-learner "
-            f"share ({minibatch})"
-        )
-    return BatchPlan(rows=rows, minibatch=minibatch, micro=micro)
-
-
-def _all_reduce_max(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    if _world() > 1:
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t)
-
-
-def _is_weights(
-    old_lp: torch.Tensor, sample_lp: torch.Tensor, mask: torch.Tensor, ppo: Any
-) -> tuple[torch.Tensor | None, dict[str, float]]:
-    """Async mode: truncated importance weights from the sampler's policy to pi_old (None
-    when `ppo.is_correction` is `none`) and their `train/is_*` stats (the max over ranks)."""
-    weights, st = algo.truncated_is_weights(old_lp, sample_lp, mask, ppo.is_cap)
-    stats = {
-        "train/is_ratio_mean": float(st.ratio_mean),
-        "train/is_ratio_max": _all_reduce_max(float(st.ratio_max)),
-        "train/is_truncated_frac": float(st.truncated_frac),
-    }
-    return (weights if ppo.is_correction == "truncated" else None), stats
-
-
-def _logprob_diff(lp: torch.Tensor, sample_lp: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Mean and max |learner - sampler| logprob over response tokens (all (N, T))."""
-    diff = (lp - sample_lp).abs() * mask
-    return {
-        "train/logprob_diff": float(diff.sum() / mask.sum().clamp(min=1)),
-        "train/logprob_diff_max": float(diff.max()),
-    }
 
 
 class PPOLearner:
@@ -182,7 +50,7 @@ class PPOLearner:
     def __init__(self, model_dir: str | Path, cfg: RLHFConfig) -> None:
         self.cfg = cfg
         self.model_dir = Path(model_dir)
-        ppo, world = cfg.ppo, _world()
+        ppo, world = cfg.ppo, world_size()
         dtype = _DTYPES[cfg.model.dtype]
         remote = cfg.model.trust_remote_code
         self.plan = batch_plan(cfg, world)
@@ -290,16 +158,16 @@ class PPOLearner:
         beta = self.kl_ctl.value if ppo.kl.placement == "reward" else 0.0
         rewards = scored.token_rewards
         if ppo.whiten_rewards:
-            rewards = _global_whiten(rewards, mask)
+            rewards = global_whiten(rewards, mask)
         shaped = algo.apply_kl_penalty(rewards, kl, beta, mask)
         returns = values = None
         if ppo.advantage == "gae":
             values = self._values(ids, attn) * mask
             raw_adv, returns = algo.compute_gae(shaped, values, mask, ppo.gamma, ppo.lam)
-            advantages = _global_whiten(raw_adv, mask)
+            advantages = global_whiten(raw_adv, mask)
         elif ppo.advantage == "reinforce_pp":
             raw_adv = algo.reinforce_pp_returns(shaped, mask, ppo.gamma)
-            advantages = _global_whiten(raw_adv, mask)
+            advantages = global_whiten(raw_adv, mask)
         else:
             seq = shaped.sum(dim=1)
             group = batch.n_samples
@@ -324,10 +192,10 @@ class PPOLearner:
             ),
         }
         if old_lp is not None:
-            stats |= _logprob_diff(old_lp, batch.sample_logprobs, mask)
+            stats |= logprob_diff(old_lp, batch.sample_logprobs, mask)
         is_weights = None
         if ppo.async_rollouts:
-            is_weights, is_stats = _is_weights(old_lp, batch.sample_logprobs, mask, ppo)
+            is_weights, is_stats = async_is_weights(old_lp, batch.sample_logprobs, mask, ppo)
             stats |= is_stats
         exp = Experience(
             ids,
@@ -376,7 +244,7 @@ class PPOLearner:
             entropy = algo.masked_mean(per_token[:, 1:], exp.mask[:, 1:])
         extra = {}
         if exp.old_logprobs is None:
-            extra = _logprob_diff(logprobs.detach(), exp.sample_logprobs, exp.mask)
+            extra = logprob_diff(logprobs.detach(), exp.sample_logprobs, exp.mask)
         return extra | {
             "train/policy_loss": float(loss.detach()) * divisor,  # summed; train() divides
             "train/clip_frac": float(stats.clip_fraction),
@@ -417,7 +285,7 @@ class PPOLearner:
             `train/value_loss` are this rank's token-means; `train/optimizer_steps` and
             `train/rows` count this iteration's steps and rows used (all epochs).
         """
-        plan, world = self.plan, _world()
+        plan, world = self.plan, world_size()
         n = exp.input_ids.shape[0]
         if n != plan.rows:
             raise ValueError(f"expected {plan.rows} rows on this learner, got {n}")
@@ -428,7 +296,7 @@ class PPOLearner:
         for _ in range(self.cfg.ppo.epochs):
             order = torch.randperm(n, generator=gen).view(plan.steps, plan.minibatch)
             local = [float(exp.mask[rows].sum()) for rows in order]
-            totals = _all_reduce_sum(local)
+            totals = all_reduce_sum(local)
             for rows, total in zip(order, totals, strict=True):
                 divisor = max(total, 1.0) / (plan.grad_accum * world)
                 for micro_rows in rows.split(plan.micro):

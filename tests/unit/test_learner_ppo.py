@@ -3,7 +3,7 @@
 import torch
 
 from ray_rlhf.algo import masked_whiten
-from ray_rlhf.learner.ppo import Experience, _global_whiten
+from ray_rlhf.learner.ppo_batch import Experience, global_whiten
 from ray_rlhf.types import group_range
 
 
@@ -11,7 +11,7 @@ def test_global_whiten_equals_masked_whiten_on_one_rank():
     torch.manual_seed(0)
     x = torch.randn(4, 6, dtype=torch.float64)
     mask = torch.rand(4, 6) > 0.3
-    assert torch.allclose(_global_whiten(x, mask), masked_whiten(x, mask), atol=1e-6)
+    assert torch.allclose(global_whiten(x, mask), masked_whiten(x, mask), atol=1e-6)
 
 
 def test_experience_rows_trims_to_longest():
@@ -41,7 +41,7 @@ def test_global_whiten_keeps_the_variance_at_large_means():
     x64 = 3000.0 + 0.5 * torch.randn(64, 16, generator=gen, dtype=torch.float64)
     mask = torch.rand(64, 16, generator=gen) > 0.2
     expected = masked_whiten(x64, mask)
-    got = _global_whiten(x64.float(), mask)
+    got = global_whiten(x64.float(), mask)
     assert got.dtype == torch.float32
     assert torch.allclose(got.double(), expected, atol=1e-3)
     # The one-pass float32 formula this replaced is off by far more.

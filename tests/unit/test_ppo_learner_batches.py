@@ -9,7 +9,7 @@ import torch
 
 from ray_rlhf import algo
 from ray_rlhf.config import ConfigError, load_config
-from ray_rlhf.learner.ppo import BatchPlan, batch_plan
+from ray_rlhf.learner.ppo_batch import BatchPlan, batch_plan
 from ray_rlhf.types import RolloutBatch, ScoredBatch
 
 PROMPTS = ["sort 3 1 2 =", "rev 4 5 =", "copy 7 =", "sort 9 8 ="]
