@@ -60,6 +60,8 @@ def rm_parts(cfg: RLHFConfig) -> dict[str, Any]:
             del rm[name]
     parts = {"sft": sft_parts(cfg), "toyworld": toy,
              "preferences_path": cfg.data.preferences_path, "rm": rm}
+    if cfg.data.eval_preferences_path is not None:  # (keeps the keys of RMs made before it)
+        parts["eval_preferences_path"] = cfg.data.eval_preferences_path
     if cfg.rm.head == "per_position":
         parts["segment"] = to_dict(cfg.segment)
     return parts
@@ -111,10 +113,14 @@ class Stages:
         from ray_rlhf.loops.common import mark_done
 
         if cfg.rm.uses_strength and cfg.data.preferences_path is None:
+            # The annotated toy train pairs; held out: the toy world's test pairs, as for
+            # the plain RM (so every arm trains on the same pairs).
             pairs = self.strength_pairs(cfg, policy)
-            cfg = dataclasses.replace(
-                cfg, data=dataclasses.replace(cfg.data, preferences_path=str(pairs))
+            test = pairs.parent / "toyworld" / "pref_test.jsonl"
+            data = dataclasses.replace(
+                cfg.data, preferences_path=str(pairs), eval_preferences_path=str(test)
             )
+            cfg = dataclasses.replace(cfg, data=data)
         out = self._dir("rm", rm_parts(cfg))
         if not (out / "DONE.json").exists():
             log.info("stage rm -> %s", out)

@@ -80,6 +80,10 @@ class DataConfig:
     (seeded by `run.seed`; at least 1 and at most 256 prompts)."""
     preferences_path: str | None = None
     """Preference pairs for RM training. None: the toy world's train pairs."""
+    eval_preferences_path: str | None = None
+    """Held-out preference pairs for the RM's `eval/accuracy` (same layout). None: a seeded
+    10 % of `preferences_path` is held out (it trains on the rest), or the toy world's test
+    pairs when `preferences_path` is None too."""
     meta_responses_path: str | None = None
     """Unlabeled policy samples for MetaRM (`rm.meta`): json / jsonl / parquet rows with a
     `prompt` and a `responses` list of at least `rm.meta.k` texts (a `ray-rlhf

@@ -182,7 +182,7 @@ def _stage_paths(cfg: RLHFConfig, stages: Collection[Stage]) -> list[str | None]
     """The data paths the stages read (None: the toy world's split)."""
     paths = {
         "sft": [cfg.data.sft_path],
-        "rm": [cfg.data.preferences_path],
+        "rm": [cfg.data.preferences_path, cfg.data.eval_preferences_path],
         # Without eval_prompts_path, eval prompts are held out of prompts_path.
         "ppo": [cfg.data.prompts_path, cfg.data.eval_prompts_path or cfg.data.prompts_path],
     }
@@ -242,7 +242,12 @@ def _preference_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTe
     """Preference pairs: rows, the per-pair columns `cfg.rm` reads, held-out pairs per rank."""
     from ray_rlhf.data.preferences import load_preferences
     from ray_rlhf.data.sampler import held_out_split
-    from ray_rlhf.loops.rm import EVAL_FRACTION, check_held_out_pairs, check_pair_columns
+    from ray_rlhf.loops.rm import (
+        EVAL_FRACTION,
+        check_held_out_pairs,
+        check_pair_columns,
+        pair_sources,
+    )
 
     def load(source: str) -> Any:
         ds = load_preferences(source, tokenizer=tokenizer, **_loader_options(cfg))
@@ -250,16 +255,13 @@ def _preference_texts(cfg: RLHFConfig, run_dir: Path, tokenizer: Any, out: RunTe
         out.responses.extend([*ds["chosen"], *ds["rejected"]])
         return ds
 
-    if cfg.data.preferences_path is None:
-        toy = toyworld_files(cfg, run_dir)
-        source, eval_source = str(toy["pref_train"]), str(toy["pref_test"])
-        train = load(source)
-        check_pair_columns(train, cfg, source)
-        n_train, n_eval = train.num_rows, load(eval_source).num_rows
+    source, eval_source = pair_sources(cfg, run_dir)
+    pairs = load(source)
+    check_pair_columns(pairs, cfg, source)
+    if eval_source is not None:
+        n_train, n_eval = pairs.num_rows, load(eval_source).num_rows
     else:
-        source = eval_source = cfg.data.preferences_path
-        pairs = load(source)
-        check_pair_columns(pairs, cfg, source)
+        eval_source = source
         held_out = held_out_split(pairs, EVAL_FRACTION, cfg.run.seed)[1] if len(pairs) > 1 else []
         n_train, n_eval = len(pairs) - len(held_out), len(held_out)
     check_held_out_pairs(n_eval, cfg, eval_source)

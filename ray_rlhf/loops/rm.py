@@ -166,10 +166,21 @@ def check_held_out_pairs(n_eval: int, cfg: RLHFConfig, source: str) -> None:
         )
 
 
+def pair_sources(cfg: RLHFConfig, run_dir: Path) -> tuple[str, str | None]:
+    """(train file, held-out file) of RM training: `data.preferences_path` (else the toy
+    world's pref_train) and `data.eval_preferences_path` (else, for the toy world, its
+    pref_test). A None held-out file: `EVAL_FRACTION` of the train file is held out."""
+    if cfg.data.preferences_path is None:
+        files = toyworld_files(cfg, run_dir)
+        eval_source = cfg.data.eval_preferences_path or str(files["pref_test"])
+        return str(files["pref_train"]), eval_source
+    return cfg.data.preferences_path, cfg.data.eval_preferences_path
+
+
 def load_pair_splits(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[Any, Any, str]:
-    """Validated (train, held-out) preference pairs and the train source's name: the toy
-    world's pref_train / pref_test, or `data.preferences_path` split by `held_out_split`
-    (`EVAL_FRACTION` held out, seeded). Errors name file, row and field."""
+    """Validated (train, held-out) preference pairs and the train source's name (see
+    `pair_sources`; a held-out share is split off by `held_out_split`, seeded). Errors name
+    file, row and field."""
     from ray_rlhf.data.preferences import load_preferences
     from ray_rlhf.data.sampler import held_out_split
 
@@ -182,12 +193,9 @@ def load_pair_splits(cfg: RLHFConfig, run_dir: Path, tokenizer: Any) -> tuple[An
             chat_template=cfg.data.chat_template,
         )
 
-    if cfg.data.preferences_path is None:
-        files = toyworld_files(cfg, run_dir)
-        return load(str(files["pref_train"])), load(str(files["pref_test"])), str(
-            files["pref_train"]
-        )
-    source = cfg.data.preferences_path
+    source, eval_source = pair_sources(cfg, run_dir)
+    if eval_source is not None:
+        return load(source), load(eval_source), source
     train, held_out = held_out_split(load(source), EVAL_FRACTION, cfg.run.seed)
     return train, held_out, source
 
@@ -232,7 +240,10 @@ def run(cfg: RLHFConfig, run_dir: Path, policy_dir: Path) -> RMResult:
     meta = load_meta_tensors(cfg, policy_dir)
     n, width = train["chosen_input_ids"].shape
     n_eval = held_out["chosen_input_ids"].shape[0]
-    check_held_out_pairs(n_eval, cfg, cfg.data.preferences_path or "the toy world's pref_test")
+    held_out_source = (
+        cfg.data.eval_preferences_path or cfg.data.preferences_path or "the toy world's pref_test"
+    )
+    check_held_out_pairs(n_eval, cfg, held_out_source)
     logger.info(
         "rm: %d pairs (max %d tokens), %d held out, %d steps, head %s, %d learners, ZeRO-%d%s",
         n,

@@ -259,6 +259,34 @@ def test_preference_checks_run_before_training(tmp_path, chat_model):
         preflight(cfg, prepare_run_dir(cfg), ("rm",))
 
 
+def test_eval_preferences_path_is_the_held_out_set(tmp_path, chat_model):
+    from ray_rlhf.loops.rm import load_pair_splits
+    from ray_rlhf.models.builders import load_tokenizer
+
+    def write(name: str, rejected: list[str]) -> Path:
+        path = tmp_path / name
+        rows = [{"prompt": "sort the list", "chosen": "1 2 3", "rejected": r} for r in rejected]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return path
+
+    train = write("train.jsonl", ["3 2 1"])  # one pair: too few to hold any out of it
+    held = write("held.jsonl", ["2 1 3", "3 1 2"])
+    base = [f"run.output_dir={tmp_path / 'runs'}", f"model.path={chat_model}",
+            f"data.preferences_path={train}", "learner.num_workers=1"]
+    cfg = load_config(None, [*base, f"data.eval_preferences_path={held}"])
+    run_dir = prepare_run_dir(cfg)
+    preflight(cfg, run_dir, ("rm",))
+    got_train, got_held, source = load_pair_splits(cfg, run_dir, load_tokenizer(chat_model))
+    assert (got_train.num_rows, got_held.num_rows, source) == (1, 2, str(train))
+    assert list(got_held["rejected"]) == ["2 1 3", "3 1 2"]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "sort the list", "chosen": "1 2 3"}) + "\n")
+    cfg = load_config(None, [*base, f"data.eval_preferences_path={bad}", "run.name=bad"])
+    with pytest.raises(DataValidationError, match=r"bad\.jsonl.*rejected"):
+        preflight(cfg, prepare_run_dir(cfg), ("rm",))
+
+
 def test_rm_init_path_must_be_a_reward_model_of_the_policy_vocabulary(tmp_path, chat_model):
     from ray_rlhf.models import ModelDirError
     from ray_rlhf.models.builders import load_reward_model, load_tokenizer
