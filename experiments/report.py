@@ -49,7 +49,8 @@ def collect(exp: Any) -> dict[str, Any]:
                 entry["true_at_kl"][b].append(v)
             entry["curves"].append(s["curve"])
         arms[arm] = entry
-    return {"experiment": exp.name, "config_sha256": exp.config_sha256,
+    return {"experiment": exp.name, "run_dir": str(exp.run_dir),
+            "config_sha256": exp.config_sha256,
             "testbed_sha256": exp.testbed_sha256,
             "overrides": list(exp.overrides), "kl_budgets": list(budgets),
             "compute_seconds": seconds, "arms": arms}

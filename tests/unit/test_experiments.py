@@ -238,3 +238,26 @@ def test_iterate_meta_rounds_table_from_the_phase_summaries(tmp_path):
     assert zero in text
     assert "| meta | 2 | 2 | 0.610 ± 0.000 | 0.650 ± 0.000 | 0.680 ± 0.000 |" in text
     assert "| meta | 1 | 0.500 → 0.600 → 0.640 | 0.700 → 0.680 |" in text
+
+
+def test_strength_ensemble_diagnostics_by_hand(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from experiments.strength import diagnostics
+
+    # (mu, flipped by the annotator, chosen truth, rejected truth); the label is against the
+    # truth on rows 0 and 4, a true-reward tie on row 1.
+    rows = [(-0.5, True, 0.2, 0.8), (-0.1, False, 0.5, 0.5), (-0.2, True, 0.9, 0.1),
+            (0.3, False, 0.8, 0.2), (0.4, True, 0.1, 0.9)]
+    rows += [(0.5 + 0.1 * i, False, 0.7, 0.3) for i in range(5)]
+    names = ["strength", "label_flipped", "chosen_true_reward", "rejected_true_reward"]
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}), path)
+    got = diagnostics(path)
+    assert got == pytest.approx({
+        "negative_share": 0.3, "flipped_share": 0.3,
+        "flipped_given_negative": 2 / 3, "flipped_caught": 2 / 3,
+        "truth_wrong_given_negative": 1 / 3, "truth_wrong_given_positive": 1 / 7,
+        "flipped_given_bottom": 1.0, "truth_wrong_given_bottom": 1.0,  # row 0 alone
+    })
