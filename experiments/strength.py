@@ -11,7 +11,12 @@ the strength stage's ensemble saw in the training pairs:
 - `truth_wrong_given_negative` / `truth_wrong_given_positive`: the share whose label ranks
   the responses against the truth (true-reward ties count as not wrong);
 - the same precision and truth shares for the weakest 10 % of pairs (`rm.flip_mode:
-  bottom_fraction` at its default `flip_fraction`).
+  bottom_fraction` at its default `flip_fraction`);
+- `truth_wrong[_after_flip]_{same,diff}_style`: the share of labels against the truth
+  before and after `flip`, on pairs whose responses agree / differ in the style token;
+- `style_against_label_given_{negative,positive}`: the share where only the rejected
+  response has the style token, the pairs an ensemble that learned the annotator's style
+  bonus doubts.
 """
 
 from __future__ import annotations
@@ -41,12 +46,18 @@ def diagnostics(path: Path) -> dict[str, float]:
     import pyarrow.parquet as pq
 
     cols = pq.read_table(path, columns=["strength", "label_flipped", "chosen_true_reward",
-                                        "rejected_true_reward"]).to_pydict()
+                                        "rejected_true_reward", "chosen_style",
+                                        "rejected_style"]).to_pydict()
     mu, flipped = cols["strength"], cols["label_flipped"]
-    wrong = [c < r for c, r in zip(cols["chosen_true_reward"], cols["rejected_true_reward"],
-                                   strict=True)]
+    truth = list(zip(cols["chosen_true_reward"], cols["rejected_true_reward"], strict=True))
+    wrong = [c < r for c, r in truth]
     n = len(mu)
     negative = [m < 0 for m in mu]
+    # After `flip`: a pair with mu < 0 is against the truth when its label was with it.
+    wrong_after = [(c > r) if neg else (c < r) for (c, r), neg in zip(truth, negative, strict=True)]
+    styles = list(zip(cols["chosen_style"], cols["rejected_style"], strict=True))
+    same_style = [c == r for c, r in styles]
+    style_against = [bool(r) and not c for c, r in styles]
     cut = sorted(mu)[max(int(BOTTOM_FRACTION * n) - 1, 0)]
     bottom = [m <= cut for m in mu]
 
@@ -54,13 +65,22 @@ def diagnostics(path: Path) -> dict[str, float]:
         picked = [v for v, w in zip(values, where, strict=True) if w]
         return sum(picked) / max(len(picked), 1)
 
+    def negated(values: list[bool]) -> list[bool]:
+        return [not v for v in values]
+
     return {
+        "truth_wrong_same_style": share(wrong, same_style),
+        "truth_wrong_after_flip_same_style": share(wrong_after, same_style),
+        "truth_wrong_diff_style": share(wrong, negated(same_style)),
+        "truth_wrong_after_flip_diff_style": share(wrong_after, negated(same_style)),
+        "style_against_label_given_negative": share(style_against, negative),
+        "style_against_label_given_positive": share(style_against, negated(negative)),
         "negative_share": sum(negative) / n,
         "flipped_share": sum(flipped) / n,
         "flipped_given_negative": share(flipped, negative),
         "flipped_caught": share(negative, flipped),
         "truth_wrong_given_negative": share(wrong, negative),
-        "truth_wrong_given_positive": share(wrong, [not x for x in negative]),
+        "truth_wrong_given_positive": share(wrong, negated(negative)),
         "flipped_given_bottom": share(flipped, bottom),
         "truth_wrong_given_bottom": share(wrong, bottom),
     }
@@ -96,6 +116,12 @@ def verdict(data: dict[str, Any]) -> str:
         "truth_wrong_given_positive": "label against the truth, μ ≥ 0",
         "flipped_given_bottom": f"flipped by the annotator, weakest {BOTTOM_FRACTION:.0%} of μ",
         "truth_wrong_given_bottom": f"label against the truth, weakest {BOTTOM_FRACTION:.0%} of μ",
+        "truth_wrong_same_style": "label against the truth, same-style pairs",
+        "truth_wrong_after_flip_same_style": "same-style pairs after `flip`",
+        "truth_wrong_diff_style": "label against the truth, pairs differing in `!`",
+        "truth_wrong_after_flip_diff_style": "pairs differing in `!` after `flip`",
+        "style_against_label_given_negative": "only the rejected response has `!`, μ < 0",
+        "style_against_label_given_positive": "only the rejected response has `!`, μ ≥ 0",
     }
     seeds = extra["seeds"]
     lines = ["## The strength ensemble on the training pairs", "",

@@ -246,12 +246,13 @@ def test_strength_ensemble_diagnostics_by_hand(tmp_path):
 
     from experiments.strength import diagnostics
 
-    # (mu, flipped by the annotator, chosen truth, rejected truth); the label is against the
-    # truth on rows 0 and 4, a true-reward tie on row 1.
-    rows = [(-0.5, True, 0.2, 0.8), (-0.1, False, 0.5, 0.5), (-0.2, True, 0.9, 0.1),
-            (0.3, False, 0.8, 0.2), (0.4, True, 0.1, 0.9)]
-    rows += [(0.5 + 0.1 * i, False, 0.7, 0.3) for i in range(5)]
-    names = ["strength", "label_flipped", "chosen_true_reward", "rejected_true_reward"]
+    # (mu, flipped by the annotator, chosen truth, rejected truth, chosen `!`, rejected `!`);
+    # the label is against the truth on rows 0 and 4, a true-reward tie on row 1.
+    rows = [(-0.5, True, 0.2, 0.8, 0, 1), (-0.1, False, 0.5, 0.5, 0, 0),
+            (-0.2, True, 0.9, 0.1, 0, 1), (0.3, False, 0.8, 0.2, 1, 1), (0.4, True, 0.1, 0.9, 1, 0)]
+    rows += [(0.5 + 0.1 * i, False, 0.7, 0.3, 0, 0) for i in range(5)]
+    names = ["strength", "label_flipped", "chosen_true_reward", "rejected_true_reward",
+             "chosen_style", "rejected_style"]
     path = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}), path)
     got = diagnostics(path)
@@ -260,4 +261,11 @@ def test_strength_ensemble_diagnostics_by_hand(tmp_path):
         "flipped_given_negative": 2 / 3, "flipped_caught": 2 / 3,
         "truth_wrong_given_negative": 1 / 3, "truth_wrong_given_positive": 1 / 7,
         "flipped_given_bottom": 1.0, "truth_wrong_given_bottom": 1.0,  # row 0 alone
+        # same style: rows 1, 3, 5-9 (none wrong, none flipped by mu < 0 but the tie row 1);
+        # differing: rows 0, 2, 4: wrong 0 and 4; after flip: 2 (flipped away from the truth)
+        # and 4 (mu >= 0, kept)
+        "truth_wrong_same_style": 0.0, "truth_wrong_after_flip_same_style": 0.0,
+        "truth_wrong_diff_style": 2 / 3, "truth_wrong_after_flip_diff_style": 2 / 3,
+        "style_against_label_given_negative": 2 / 3,  # rows 0 and 2
+        "style_against_label_given_positive": 0.0,
     })
