@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,4 +67,18 @@ def ray_session():
         ray.shutdown()
     init_ray(ResourcesConfig(num_cpus=6))
     yield ray
+    started = psutil.Process().children(recursive=True)  # the cluster's daemons and workers
     ray.shutdown()
+    _end_stragglers(started)
+
+
+def _end_stragglers(procs: list, grace_s: float = 10.0) -> None:
+    """Kill, by pid, the processes of the session's cluster still alive `grace_s` after its
+    shutdown: a worker can hang in its exit (a Ray Train controller whose job was killed was
+    seen to outlive the suite) and would hold its memory on the machine."""
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
