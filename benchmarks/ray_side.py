@@ -32,6 +32,9 @@ def ppo_overrides(spec: dict) -> list[str]:
         f"data.prompts_path={spec['prompts_path']}",
         f"data.eval_prompts_path={spec['eval_prompts_path']}",
         f"data.max_prompt_tokens={w.max_prompt_tokens}",
+        # Prompts as written, as TRL and the floor get them (SmolLM2's chat template would
+        # add a ~30-token system turn to every row).
+        "data.chat_template=never",
         f"data.max_response_tokens={w.tokens}",
         f"ppo.advantage={spec['algo']}",
         f"ppo.iterations={spec['iterations']}",

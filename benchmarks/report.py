@@ -291,13 +291,13 @@ def charts(sizes: dict, out: Path) -> list[str]:
 
 SETTINGS = """\
 Equal work in both systems: the same model directory (fp32), the toy world's train prompts in
-ray_rlhf's draw order, n completions per prompt, exactly `tokens` generated tokens per
-completion (ray_rlhf: vLLM `ignore_eos`; TRL: `min_new_tokens`), all completions of an
-iteration in one optimizer step (`minibatch_size` = completions; TRL
-`per_device_train_batch_size` = completions, `steps_per_generation=1`, `num_iterations=1`),
-AdamW lr 1e-4 constant, betas (0.9, 0.95), no weight decay, grad-norm clip 1.0, KL
-coefficient 0.05 toward the frozen reference (both run its forward), temperature 1, top_p 1,
-the toy world's rule reward (`ray_rlhf.data.toyworld:true_reward`) in both. Threads: every
+ray_rlhf's draw order as plain text (no chat template: `data.chat_template=never`), n
+completions per prompt, exactly `tokens` generated tokens per completion (ray_rlhf: vLLM
+`ignore_eos`; TRL: `min_new_tokens`), all completions of an iteration in one optimizer step
+(`minibatch_size` = completions; TRL `per_device_train_batch_size` = completions,
+`steps_per_generation=1`, `num_iterations=1`), AdamW lr 1e-4 constant, betas (0.9, 0.95), no
+weight decay, grad-norm clip 1.0, KL coefficient 0.05 toward the frozen reference (both run
+its forward), temperature 1, top_p 1, the toy world's rule reward (`ray_rlhf.data.toyworld:true_reward`) in both. Threads: every
 process gets OMP_NUM_THREADS={threads}, OMP_WAIT_POLICY=PASSIVE and torch threads = {threads}:
 TRL's single process, the floor's process, ray_rlhf's rollout actor and its learner worker
 (ray_rlhf's phases take turns in a synchronous iteration). ray_rlhf: {learners} DeepSpeed

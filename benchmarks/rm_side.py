@@ -42,7 +42,7 @@ def run(spec: dict) -> dict:
         overrides.append(f"learner.zero_stage={spec['zero_stage']}")
     cfg = load_config(None, overrides)
     tokenizer = load_tokenizer(spec["model_dir"])
-    data = load_preferences(spec["pairs_path"], tokenizer=tokenizer)
+    data = load_preferences(spec["pairs_path"], tokenizer=tokenizer, chat_template="never")
     pairs = tokenize_pairs(data, tokenizer, max_length=256)
     ensure_process_group()
     learner = RMLearner(
