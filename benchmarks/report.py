@@ -297,8 +297,9 @@ completions per prompt, exactly `tokens` generated tokens per completion (ray_rl
 (`minibatch_size` = completions; TRL `per_device_train_batch_size` = completions,
 `steps_per_generation=1`, `num_iterations=1`), AdamW lr 1e-4 constant, betas (0.9, 0.95), no
 weight decay, grad-norm clip 1.0, KL coefficient 0.05 toward the frozen reference (both run
-its forward), temperature 1, top_p 1, the toy world's rule reward (`ray_rlhf.data.toyworld:true_reward`) in both. Threads: every
-process gets OMP_NUM_THREADS={threads}, OMP_WAIT_POLICY=PASSIVE and torch threads = {threads}:
+its forward), temperature 1, top_p 1, the toy world's rule reward
+(`ray_rlhf.data.toyworld:true_reward`) in both. Threads: every process gets
+OMP_NUM_THREADS={threads}, OMP_WAIT_POLICY=PASSIVE and torch threads = {threads}:
 TRL's single process, the floor's process, ray_rlhf's rollout actor and its learner worker
 (ray_rlhf's phases take turns in a synchronous iteration). ray_rlhf: {learners} DeepSpeed
 (ZeRO-{zero}) learner worker(s) under Ray Train, {actors} vLLM rollout actor(s) sharing
