@@ -123,6 +123,10 @@ def main() -> None:
         "--iterations", type=int, default=1,
         help="iterations on the same batch; from the 2nd, Adam's states exist during backward",
     )  # fmt: skip
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="more config overrides, e.g. learner.gradient_checkpointing=true",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import torch
@@ -147,6 +151,7 @@ def main() -> None:
             f"data.max_response_tokens={args.response_tokens}",
             f"ppo.minibatch_size={rows}",
             f"ppo.micro_batch_size={args.micro_batch_size}",
+            *args.set,
         ],
     )
     prompts = _prompt_token_ids(args.model_dir, args.prompts, args.num_prompts)
@@ -181,6 +186,7 @@ def main() -> None:
         "init_s": round(t1 - t0, 1),
         "iteration_s": round(t2 - t1, 1),
         "iterations": args.iterations,
+        "overrides": args.set,
         "optimizer_steps_last": stats["train/optimizer_steps"],
     }
     print(json.dumps(out))

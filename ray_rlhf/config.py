@@ -140,6 +140,10 @@ class LearnerConfig:
     """Global gradient-norm clip; 0 disables."""
     max_failures: int = 1
     """Ray Train restarts of the worker group from the last checkpoint."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them
+    (HF `gradient_checkpointing_enable`): activation memory falls from O(layers) to O(1)
+    layers for about one extra forward of compute. For long sequences and large batches."""
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "num_workers", "must be >= 1")

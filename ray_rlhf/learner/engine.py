@@ -53,7 +53,10 @@ def init_engine(
     `lr_floor=1.0` gives a constant learning rate after warmup (what PPO uses).
 
     Expects torch.distributed to be initialized already (Ray Train does it); DeepSpeed
-    reuses that process group.
+    reuses that process group. With `learner.gradient_checkpointing` the model recomputes
+    its layers' activations in the backward pass. With one rank at ZeRO-0 the engine skips
+    its gradient all-reduce, which would otherwise copy every gradient into a flat buffer
+    and back to "reduce" over a group of one (a transient copy of all gradients).
     """
     deepspeed = import_deepspeed()
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
@@ -63,6 +66,8 @@ def init_engine(
         grad_accum=grad_accum,
         world_size=world,
     )
+    if learner.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -71,7 +76,24 @@ def init_engine(
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_cfg
     )
+    if world == 1 and learner.zero_stage == 0:
+        engine.enable_backward_allreduce = False
     return engine
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on HF activation recomputation (non-reentrant) in `model`'s layers.
+
+    Raises:
+        ValueError: The model (e.g. a custom `trust_remote_code` class) does not support it,
+            naming `learner.gradient_checkpointing`.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"learner.gradient_checkpointing: {type(model).__name__} does not support "
+            "gradient checkpointing; set learner.gradient_checkpointing=false"
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def mean_over_ranks_(tensors: list[torch.Tensor]) -> None:
