@@ -39,8 +39,13 @@ def sft_parts(cfg: RLHFConfig) -> dict[str, Any]:
     toy = {k: v for k, v in toy.items() if k in _SFT_TOY_FIELDS or k.startswith("sft_")}
     data = {"max_prompt_tokens": cfg.data.max_prompt_tokens,
             "max_response_tokens": cfg.data.max_response_tokens, "toyworld": toy}
+    learner = to_dict(cfg.learner)
+    # Off (the default), activation recomputation leaves the run as it was: leave it out,
+    # so the SFT and RM stages trained before the option existed keep their keys.
+    if not learner["gradient_checkpointing"]:
+        del learner["gradient_checkpointing"]
     return {"model": to_dict(cfg.model), "sft": to_dict(cfg.sft),
-            "learner": to_dict(cfg.learner), "data": data, "run_seed": cfg.run.seed}
+            "learner": learner, "data": data, "run_seed": cfg.run.seed}
 
 
 def rm_parts(cfg: RLHFConfig) -> dict[str, Any]:

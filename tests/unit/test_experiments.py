@@ -157,6 +157,9 @@ def test_testbed_rm_stage_key_is_unchanged_by_options_left_at_their_defaults():
     assert stage_key(rm_parts(vanilla)) == "0b40cdfc6ae2"
     continued = dataclasses.replace(vanilla.rm, init_path="runs/rm/reward_model")
     assert stage_key(rm_parts(dataclasses.replace(vanilla, rm=continued))) != "0b40cdfc6ae2"
+    recomputed = dataclasses.replace(vanilla.learner, gradient_checkpointing=True)
+    key = stage_key(rm_parts(dataclasses.replace(vanilla, learner=recomputed)))
+    assert key != "0b40cdfc6ae2"
 
 
 def test_an_unknown_reward_stage_is_named(tmp_path):
