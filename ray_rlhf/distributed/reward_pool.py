@@ -216,12 +216,19 @@ class RewardPool:
         logger.warning("reward actor %d was out of restarts; replaced by a new one", k)
 
     def _note_restarts(self) -> None:
-        pids = [d["pid"] for d in ray.get([a.describe.remote() for a in self._actors])]
-        for k, (old, new) in enumerate(zip(self._pids, pids, strict=True)):
-            if old != new:
+        """Counts actors Ray restarted since the last call; an actor that died for good
+        after finishing its share (a kill can land between two tasks) is replaced now."""
+        refs = [a.describe.remote() for a in self._actors]
+        for k, ref in enumerate(refs):
+            try:
+                pid = ray.get(ref)["pid"]
+            except ActorDiedError:
+                self._replace(k)
+                continue
+            if pid != self._pids[k]:
                 self.faults["reward_restarts"] += 1
                 logger.warning("reward actor %d was restarted by Ray; its task was retried", k)
-        self._pids = pids
+                self._pids[k] = pid
 
     def score(self, batch: RolloutBatch) -> ScoredBatch:
         """Scores `batch` across the actors; same result as `RewardScorer.score`."""

@@ -150,3 +150,33 @@ def test_restarted_and_replaced_actors_are_counted_and_score_the_same(ray_sessio
         assert pool.num_actors == 2
     finally:
         pool.shutdown()
+
+
+def test_an_actor_killed_after_its_share_is_replaced_before_the_next_batch(ray_session, tokenizer):
+    """A kill that lands after an actor returned its share (but before the pool checks its
+    process ids) must not fail the batch: the shares are kept, the actor is replaced."""
+    import ray
+
+    from ray_rlhf.distributed.reward_pool import RewardPool
+
+    batch = toy_batch(tokenizer)
+    truth = torch.tensor([toyworld.true_reward(PROMPTS[i // 2], r) for i, r in enumerate(RESPONSES)])
+    pool = RewardPool(RewardConfig(num_actors=2))
+    try:
+        pending = pool.score_async(batch)
+        ray.get(pending.refs)  # both shares are done
+        doomed = pool._actors[0]
+        ray.kill(doomed, no_restart=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                ray.get(doomed.describe.remote(), timeout=5)
+            except ray.exceptions.ActorDiedError:
+                break
+            time.sleep(0.1)
+        assert torch.allclose(pending.result().scores, truth)
+        assert pool.faults == {"reward_replacements": 1}
+        assert pool._actors[0] is not doomed
+        assert torch.allclose(pool.score(batch).scores, truth)
+    finally:
+        pool.shutdown()
