@@ -160,7 +160,8 @@ def test_an_actor_killed_after_its_share_is_replaced_before_the_next_batch(ray_s
     from ray_rlhf.distributed.reward_pool import RewardPool
 
     batch = toy_batch(tokenizer)
-    truth = torch.tensor([toyworld.true_reward(PROMPTS[i // 2], r) for i, r in enumerate(RESPONSES)])
+    rows = enumerate(RESPONSES)
+    truth = torch.tensor([toyworld.true_reward(PROMPTS[i // 2], r) for i, r in rows])
     pool = RewardPool(RewardConfig(num_actors=2))
     try:
         pending = pool.score_async(batch)
