@@ -10,10 +10,14 @@ pure function of the batch (the scorer keeps no state between calls), so a task 
 re-issues after a crash gives the same rewards and nothing is counted twice. After every
 `score` the pool asks each actor for its process id: a new one means Ray restarted it
 (`faults["reward_restarts"]`, one warning line). An actor out of restarts is replaced by a
-new one, which scores its shard again (`faults["reward_replacements"]`). The counts are
-this copy's (rank 0's in PPO): the pool's membership never changes with the run's control
-file, so it needs no owner actor; a replacement made by a learner that then dies dies with
-it, and the next copy replaces the dead actor again.
+new one, which scores its shard again (`faults["reward_replacements"]`).
+
+One owner per pool, as for the rollout pool: a `RewardPoolOwner` actor created with the pool
+creates every scorer actor and keeps the membership, process ids and fault counts. A pool
+object is picklable (it is handed to the Ray Train workers); every copy reads that state
+from the owner before it scores and writes changes back, so a replacement made by rank 0
+outlives a learner restart, the counts carry over it, and `shutdown` from the driver stops
+every actor the owner created.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import ActorDiedError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from ray_rlhf.config import RewardConfig
 from ray_rlhf.distributed.runtime import worker_env_vars
@@ -92,6 +96,52 @@ def _check_scorable(cfg: RewardConfig) -> None:
         validate_model_dir(cfg.model_path)
 
 
+class RewardPoolOwner:
+    """Actor body owning a reward pool's scorer actors: creates and kills them (so actors
+    added by any copy of the pool outlive that copy's process) and keeps the membership,
+    process ids and fault counts that every copy reads."""
+
+    def __init__(self, options: dict, cfg: RewardConfig, scorer_kwargs: dict) -> None:
+        self._remote_cls = _RemoteScorer.options(**options)
+        self._cfg, self._scorer_kwargs = cfg, scorer_kwargs
+        self._members: list[Any] = []
+        self._pids: list[int] = []
+        self._faults: dict[str, int] = {}
+
+    def start(self, count: int) -> tuple[list[Any], list[int]]:
+        """Create `count` scorer actors and wait until they run: (actors, process ids).
+
+        Raises:
+            ray.exceptions.ActorDiedError: If an actor fails to start (e.g. its model
+                does not load); none of the new actors is kept.
+        """
+        new = [self._remote_cls.remote(self._cfg, **self._scorer_kwargs) for _ in range(count)]
+        try:
+            described = ray.get([actor.describe.remote() for actor in new])
+        except BaseException:
+            self.kill(new)
+            raise
+        return new, [d["pid"] for d in described]
+
+    def commit(self, members: list[Any], pids: list[int], faults: dict[str, int]) -> None:
+        """Record the pool's current state (after any change by any copy)."""
+        self._members, self._pids, self._faults = list(members), list(pids), dict(faults)
+
+    def state(self) -> tuple[list[Any], list[int], dict[str, int]]:
+        """(members, their process ids, fault counts) as last committed."""
+        return self._members, self._pids, self._faults
+
+    def kill(self, actors: list[Any]) -> None:
+        """Kill `actors` for good."""
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+
+    def shutdown(self) -> None:
+        """Kill every member."""
+        members, self._members, self._pids = self._members, [], []
+        self.kill(members)
+
+
 class RewardPool:
     """`cfg.num_actors` reward actors behind one `score` call.
 
@@ -121,35 +171,51 @@ class RewardPool:
             raise ValueError(f"cpus_per_actor must be >= 1, got {cpus_per_actor}")
         _check_scorable(cfg)
         self.cfg = dataclasses.replace(cfg, rule=absolute_rule_spec(cfg.rule))
-        self.cpus_per_actor = cpus_per_actor
-        self._scorer_kwargs: dict[str, Any] = {
+        scorer_kwargs: dict[str, Any] = {
             "trust_remote_code": trust_remote_code,
             "threads": cpus_per_actor,
             "policy_dir": policy_dir,
             "transforms": tuple(transforms),
         }
+        options = {
+            "num_cpus": cpus_per_actor,
+            "max_restarts": _MAX_RESTARTS,
+            "max_task_retries": _MAX_TASK_RETRIES,
+            "runtime_env": {
+                "env_vars": worker_env_vars() | {"OMP_NUM_THREADS": str(cpus_per_actor)}
+            },
+        }
+        owner_cls = ray.remote(RewardPoolOwner).options(num_cpus=0)
+        self._owner = owner_cls.remote(options, self.cfg, scorer_kwargs)
         self._actors: list[Any] = []
         self._pids: list[int] = []
         self.faults: collections.Counter[str] = collections.Counter()
-        """Recoveries seen by this copy: `reward_restarts` (Ray restarted an actor) and
-        `reward_replacements` (an actor out of restarts was replaced)."""
-        self.resize(cfg.num_actors)
+        """Recoveries so far, by any copy of the pool: `reward_restarts` (Ray restarted an
+        actor) and `reward_replacements` (an actor out of restarts was replaced)."""
+        try:
+            self.resize(cfg.num_actors)
+        except BaseException:
+            ray.kill(self._owner)
+            raise
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy reads membership, process ids and fault counts from the owner.
+        return self.__dict__ | {"_actors": [], "_pids": [], "faults": collections.Counter()}
+
+    def _refresh(self) -> None:
+        """Adopt the owner's state (another copy may have changed it)."""
+        actors, pids, faults = ray.get(self._owner.state.remote())
+        self._actors, self._pids = list(actors), list(pids)
+        self.faults = collections.Counter(faults)
+
+    def _commit(self) -> None:
+        ray.get(self._owner.commit.remote(self._actors, self._pids, dict(self.faults)))
 
     @property
     def num_actors(self) -> int:
         """Actors currently in the pool."""
+        self._refresh()
         return len(self._actors)
-
-    def _start_actor(self) -> Any:
-        """One scorer actor with this pool's resources, restarts and environment."""
-        env = worker_env_vars() | {"OMP_NUM_THREADS": str(self.cpus_per_actor)}
-        actor_cls = _RemoteScorer.options(
-            num_cpus=self.cpus_per_actor,
-            max_restarts=_MAX_RESTARTS,
-            max_task_retries=_MAX_TASK_RETRIES,
-            runtime_env={"env_vars": env},
-        )
-        return actor_cls.remote(self.cfg, **self._scorer_kwargs)
 
     def resize(self, num_actors: int) -> None:
         """Grows (starting actors and waiting until they are ready) or shrinks the pool.
@@ -160,13 +226,15 @@ class RewardPool:
         """
         if num_actors < 1:
             raise ValueError(f"a reward pool needs at least 1 actor, got {num_actors}")
-        while len(self._actors) > num_actors:
-            ray.kill(self._actors.pop(), no_restart=True)
-            self._pids.pop()
-        new = [self._start_actor() for _ in range(num_actors - len(self._actors))]
-        described = ray.get([actor.describe.remote() for actor in new])
-        self._actors.extend(new)
-        self._pids.extend(d["pid"] for d in described)
+        self._refresh()
+        extra = self._actors[num_actors:]
+        del self._actors[num_actors:], self._pids[num_actors:]
+        ray.get(self._owner.kill.remote(extra))
+        if len(self._actors) < num_actors:
+            new, pids = ray.get(self._owner.start.remote(num_actors - len(self._actors)))
+            self._actors += new
+            self._pids += pids
+        self._commit()
 
     def score_async(self, batch: RolloutBatch) -> PendingScores:
         """Starts scoring `batch` and returns at once (overlap it with other work).
@@ -187,7 +255,8 @@ class RewardPool:
                 f"batch of {batch.num_samples} rows is not {groups} prompt group(s) x "
                 f"{batch.n_samples} samples (or is empty)"
             )
-        world = min(self.num_actors, groups)
+        self._refresh()
+        world = min(len(self._actors), groups)
         return PendingScores(batch, [self._submit(batch, k, world) for k in range(world)], self)
 
     def _submit(self, batch: RolloutBatch, k: int, world: int) -> ray.ObjectRef:
@@ -210,9 +279,9 @@ class RewardPool:
         return parts
 
     def _replace(self, k: int) -> None:
-        self._actors[k] = self._start_actor()
-        self._pids[k] = ray.get(self._actors[k].describe.remote())["pid"]
+        [self._actors[k]], [self._pids[k]] = ray.get(self._owner.start.remote(1))
         self.faults["reward_replacements"] += 1
+        self._commit()
         logger.warning("reward actor %d was out of restarts; replaced by a new one", k)
 
     def _note_restarts(self) -> None:
@@ -229,13 +298,18 @@ class RewardPool:
                 self.faults["reward_restarts"] += 1
                 logger.warning("reward actor %d was restarted by Ray; its task was retried", k)
                 self._pids[k] = pid
+                self._commit()
 
     def score(self, batch: RolloutBatch) -> ScoredBatch:
         """Scores `batch` across the actors; same result as `RewardScorer.score`."""
         return self.score_async(batch).result()
 
     def shutdown(self) -> None:
-        """Kills every actor (idempotent)."""
-        while self._actors:
-            ray.kill(self._actors.pop(), no_restart=True)
-        self._pids = []
+        """Kills every actor the owner has, whichever copy added it, then the owner
+        (idempotent)."""
+        self._actors, self._pids = [], []
+        try:
+            ray.get(self._owner.shutdown.remote())
+        except RayActorError:
+            return  # shut down already
+        ray.kill(self._owner)

@@ -181,3 +181,37 @@ def test_an_actor_killed_after_its_share_is_replaced_before_the_next_batch(ray_s
         assert torch.allclose(pool.score(batch).scores, truth)
     finally:
         pool.shutdown()
+
+
+def test_copies_share_one_owner_and_its_fault_counts(ray_session, tokenizer):
+    """A copy in another process (as rank 0 gets one) replaces an actor that died for good;
+    the driver's pool then sees the replacement and the count, and its shutdown stops it."""
+    import ray
+
+    from ray_rlhf.chaos import live_actor_pids
+    from ray_rlhf.distributed.reward_pool import RewardPool
+
+    @ray.remote(num_cpus=0)
+    def score_in_a_copy(copy: RewardPool, batch: RolloutBatch) -> tuple[list[float], dict]:
+        return copy.score(batch).scores.tolist(), dict(copy.faults)
+
+    batch = toy_batch(tokenizer)
+    rows = enumerate(RESPONSES)
+    truth = [toyworld.true_reward(PROMPTS[i // 2], r) for i, r in rows]
+    pool = RewardPool(RewardConfig(num_actors=2))
+    try:
+        dead = pool._actors[1]
+        ray.kill(dead, no_restart=True)
+        scores, faults = ray.get(score_in_a_copy.remote(pool, batch))
+        assert scores == pytest.approx(truth)
+        assert faults == {"reward_replacements": 1}
+        assert torch.allclose(pool.score(batch).scores, torch.tensor(truth))
+        assert pool.faults == {"reward_replacements": 1}  # counted once, by the copy
+        assert pool._actors[1] is not dead and pool.num_actors == 2
+        assert len(live_actor_pids("RewardScorer")) == 2
+    finally:
+        pool.shutdown()
+    deadline = time.monotonic() + 30  # the actor table reports kills a moment later
+    while live_actor_pids("RewardScorer") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert live_actor_pids("RewardScorer") == []
