@@ -1,8 +1,9 @@
 """Learner -> rollout weight sync: one interface, two transports, everything timed.
 
-- `ObjectStoreTransport`: the sender packs buckets of the state dict into safetensors blobs
-  and puts them in the Ray object store; the `WeightsHandle` (ObjectRefs + version) is
-  cheap to hand to any number of actors, which fetch and unpack it. Works everywhere.
+- `ObjectStoreTransport`: the sender puts buckets of the state dict in the Ray object store
+  (the raw bytes of each tensor as a numpy array: one copy in, none out, since receivers on
+  the node map the shared memory); the `WeightsHandle` (ObjectRefs, layout, version) is
+  cheap to hand to any number of actors, which fetch it. Works everywhere.
 - `BroadcastTransport`: a standalone torch.distributed group (gloo on CPU; NCCL on GPU,
   present but untested) with the sender as rank 0 and rollout actors as ranks 1..R. It is
   built from its own `TCPStore` on a fresh port, so it never touches the default process
@@ -16,7 +17,7 @@ once: the sender finds entries that are views of one tensor (`tied_names`) and s
 name of the tensor they alias instead. Receivers (`fetch`, `BroadcastReceiver`) return full
 HF-named state dicts, the tied names pointing at the tensor received once (vLLM skips a
 tied `lm_head.weight` anyway); applying them to an engine is `RolloutWorker.load_weights`'s
-job. No pickle is involved in any payload.
+job. Payloads are raw tensor bytes plus a layout (names, shapes, dtypes): no pickled objects.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import datetime
 import time
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,9 +33,6 @@ from typing import Any, Literal
 import ray
 import torch
 import torch.distributed as dist
-
-from ray_rlhf.rollout.engine import pack_tensors as pack
-from ray_rlhf.rollout.engine import unpack_tensors as unpack
 
 __all__ = [
     "BroadcastReceiver",
@@ -45,11 +44,9 @@ __all__ = [
     "WeightsHandle",
     "bucket_state_dict",
     "flatten_bucket",
-    "pack",
     "plan_buckets",
     "tied_names",
     "unflatten_bucket",
-    "unpack",
 ]
 
 DEFAULT_BUCKET_BYTES = 64 * 2**20
@@ -143,7 +140,8 @@ def bucket_state_dict(
 
 @dataclass(frozen=True)
 class WeightsHandle:
-    """Weights in the Ray object store: one safetensors blob per bucket.
+    """Weights in the Ray object store: per bucket, one object holding the raw bytes of each
+    of its tensors (numpy arrays, so receivers on the node map them without a copy).
 
     The ObjectRefs are nested in this object, so Ray passes them to actor calls unresolved
     (cheap to send to many actors); the objects live while the sender's handle does.
@@ -154,9 +152,22 @@ class WeightsHandle:
     num_bytes: int
     """Payload bytes (one copy of the weights, tied tensors once)."""
     publish_seconds: float
-    """Time spent packing and putting."""
-    tied: tuple[tuple[str, str], ...] = ()
-    """(name, name it ties to) for the tied entries left out of the blobs."""
+    """Time spent putting."""
+    buckets: tuple[Bucket, ...] = ()
+    """Layout of each ref's tensors (names, shapes, dtype; tied entries left out)."""
+
+
+def _raw_bytes(t: torch.Tensor) -> Any:
+    """(nbytes,) uint8 numpy view of a CPU tensor's data (any dtype, bfloat16 included)."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def _from_raw_bytes(raw: Any, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of `_raw_bytes`; shares memory with `raw` (read-only when it comes from the
+    object store: the engine copies it into its own parameters)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(raw).view(dtype).view(shape)
 
 
 class ObjectStoreTransport:
@@ -166,21 +177,25 @@ class ObjectStoreTransport:
         self.bucket_bytes = bucket_bytes
 
     def publish(self, state: Mapping[str, torch.Tensor], version: int) -> WeightsHandle:
-        """Put the bucketed, packed state in the object store (timed in the handle)."""
+        """Copy the bucketed state into the object store (one copy; timed in the handle)."""
         t0 = time.perf_counter()
-        untied, tied = _untied(state)
-        refs = tuple(ray.put(pack(b)) for b in bucket_state_dict(untied, self.bucket_bytes))
-        num_bytes = sum(_nbytes(t) for t in untied.values())
+        buckets = plan_buckets(state, self.bucket_bytes)
+        refs = tuple(ray.put([_raw_bytes(state[n]) for n in b.names]) for b in buckets)
+        num_bytes = sum(b.numel * b.torch_dtype.itemsize for b in buckets)
         seconds = time.perf_counter() - t0
-        return WeightsHandle(version, refs, num_bytes, seconds, tuple(tied.items()))
+        return WeightsHandle(version, refs, num_bytes, seconds, tuple(buckets))
 
     @staticmethod
     def fetch(handle: WeightsHandle) -> dict[str, torch.Tensor]:
-        """The full state dict behind `handle`, in the sender's order (tied names last)."""
+        """The full state dict behind `handle`, bucket by bucket (each bucket's tied names
+        after its own tensors, as the entries they tie to)."""
         state: dict[str, torch.Tensor] = {}
-        for blob in ray.get(list(handle.refs)):
-            state.update(unpack(blob))
-        return _retie(state, dict(handle.tied))
+        for raws, bucket in zip(ray.get(list(handle.refs)), handle.buckets, strict=True):
+            dtype = bucket.torch_dtype
+            for name, raw, shape in zip(bucket.names, raws, bucket.shapes, strict=True):
+                state[name] = _from_raw_bytes(raw, dtype, shape)
+            _retie(state, dict(bucket.tied))
+        return state
 
 
 # --------------------------------------------------------------------------- broadcast

@@ -14,12 +14,12 @@ from ray_rlhf.distributed.weight_sync import (
     SyncStats,
     bucket_state_dict,
     flatten_bucket,
-    pack,
     plan_buckets,
     tied_names,
     unflatten_bucket,
-    unpack,
 )
+from ray_rlhf.rollout.engine import pack_tensors as pack
+from ray_rlhf.rollout.engine import unpack_tensors as unpack
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -166,14 +166,29 @@ def in_process_ray(monkeypatch):
 def test_object_store_sends_a_tied_tensor_once(in_process_ray):
     state = _tied_state()
     handle = ObjectStoreTransport(bucket_bytes=64).publish(state, version=3)
-    assert handle.tied == (("lm_head", "embed"),)
+    assert [b.tied for b in handle.buckets if b.tied] == [(("lm_head", "embed"),)]
     untied_bytes = sum(t.numel() * t.element_size() for k, t in state.items() if k != "lm_head")
     assert handle.num_bytes == untied_bytes
-    blobs = [unpack(ref.value) for ref in handle.refs]
-    assert not any("lm_head" in blob for blob in blobs)
+    sent = [raw for ref in handle.refs for raw in ref.value]
+    assert sum(raw.nbytes for raw in sent) == untied_bytes  # lm_head's bytes are not sent
+    assert all("lm_head" not in b.names for b in handle.buckets)
     out = ObjectStoreTransport.fetch(handle)
-    assert list(out)[-1] == "lm_head" and out["lm_head"] is out["embed"]
+    assert set(out) == set(state) and out["lm_head"] is out["embed"]
     for name, tensor in state.items():
+        assert out[name].dtype == tensor.dtype and torch.equal(out[name], tensor), name
+
+
+def test_object_store_round_trips_mixed_dtypes(in_process_ray):
+    """bfloat16, int64 and float32 tensors come back bit-exact, in their shapes."""
+    state = {
+        "a": torch.randn(3, 5, dtype=torch.bfloat16),
+        "b": torch.arange(6).view(2, 3),
+        "c": torch.randn(4),
+    }
+    out = ObjectStoreTransport.fetch(ObjectStoreTransport(bucket_bytes=16).publish(state, 1))
+    assert list(out) == ["a", "b", "c"]
+    for name, tensor in state.items():
+        assert out[name].dtype == tensor.dtype and out[name].shape == tensor.shape
         assert torch.equal(out[name], tensor), name
 
 
