@@ -162,8 +162,9 @@ class SFTConfig:
     """Optimizer steps."""
     batch_size: int = 64
     """Global batch (split evenly across learner workers)."""
-    lr: float = 3e-3
-    """Peak AdamW learning rate (linear warmup, cosine decay to 10%)."""
+    lr: float | None = None
+    """Peak AdamW learning rate (linear warmup, cosine decay to 10%). None: 5e-6 for a
+    pretrained model (20M parameters or more), 3e-3 below (`ray_rlhf.learning_rates`)."""
     warmup_steps: int = 50
     """Linear warmup steps (capped at `steps`)."""
     weight_decay: float = 0.0
@@ -176,7 +177,7 @@ class SFTConfig:
     def __post_init__(self) -> None:
         _check(self.steps > 0, "steps", "must be > 0")
         _check(self.batch_size > 0, "batch_size", "must be > 0")
-        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.lr is None or self.lr > 0, "lr", "must be > 0")
         _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         _check(self.log_every > 0, "log_every", "must be > 0")
         _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")

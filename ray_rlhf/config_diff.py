@@ -51,7 +51,16 @@ NOT_RESULT_KEYS = frozenset(
 NOT_RESULT_SECTIONS = ("resources",)
 """Sections none of whose keys change a run's result (the cluster the run uses)."""
 
-DERIVED_KEYS = frozenset({"data.max_prompt_tokens", "data.max_response_tokens"})
+DERIVED_KEYS = frozenset(
+    {
+        "data.max_prompt_tokens",
+        "data.max_response_tokens",
+        "sft.lr",
+        "rm.lr",
+        "ppo.lr",
+        "ppo.critic_lr",
+    }
+)
 """Keys that may be null (derived before Ray starts, `ray_rlhf.loops.preflight`); they are
 compared only where both configs hold a value, i.e. resolved against resolved."""
 

@@ -139,10 +139,11 @@ class PPOConfig:
     """Samples per optimizer step (global)."""
     micro_batch_size: int = 32
     """Samples per forward/backward per worker (gradient accumulation)."""
-    lr: float = 1e-4
-    """Policy learning rate."""
-    critic_lr: float = 5e-4
-    """Critic learning rate (gae only)."""
+    lr: float | None = None
+    """Policy learning rate. None: 1e-6 for a pretrained model (20M parameters or more),
+    1e-4 below (`ray_rlhf.learning_rates`)."""
+    critic_lr: float | None = None
+    """Critic learning rate (gae only). None: 9e-6 for a pretrained model, 5e-4 below."""
     clip_eps: float = 0.2
     """Ratio clip."""
     value_clip: float = 0.25
@@ -186,8 +187,8 @@ class PPOConfig:
             "minibatch_size",
             f"must be a multiple of micro_batch_size ({self.micro_batch_size})",
         )
-        _check(self.lr > 0, "lr", "must be > 0")
-        _check(self.critic_lr > 0, "critic_lr", "must be > 0")
+        _check(self.lr is None or self.lr > 0, "lr", "must be > 0")
+        _check(self.critic_lr is None or self.critic_lr > 0, "critic_lr", "must be > 0")
         _check(0 < self.clip_eps < 1, "clip_eps", "must be in (0, 1)")
         _check(0 <= self.gamma <= 1, "gamma", "must be in [0, 1]")
         _check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")

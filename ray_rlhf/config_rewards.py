@@ -90,8 +90,9 @@ class RMConfig:
     """Optimizer steps."""
     batch_size: int = 64
     """Pairs per step (global)."""
-    lr: float = 1e-3
-    """AdamW learning rate."""
+    lr: float | None = None
+    """AdamW learning rate. None: 9e-6 for a pretrained model (20M parameters or more),
+    1e-3 below (`ray_rlhf.learning_rates`)."""
     margin: bool = False
     """Use per-pair margins when the dataset has a `margin` column."""
     label_smoothing: float = 0.0
@@ -166,7 +167,7 @@ class RMConfig:
             "is implemented for the scalar head only",
         )
         _check(self.batch_size > 0, "batch_size", "must be > 0")
-        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.lr is None or self.lr > 0, "lr", "must be > 0")
         _check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
         _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         _check(self.log_every > 0, "log_every", "must be > 0")

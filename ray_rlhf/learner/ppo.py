@@ -37,6 +37,7 @@ from ray_rlhf.learner.ppo_batch import (
     logprob_diff,
     world_size,
 )
+from ray_rlhf.learning_rates import lr_for
 from ray_rlhf.models.builders import load_critic, load_policy, score_positions
 from ray_rlhf.types import RolloutBatch, ScoredBatch
 
@@ -71,7 +72,8 @@ class PPOLearner:
             lr_floor=1.0,
         )
         policy = load_policy(model_dir, dtype=dtype, trust_remote_code=remote)
-        self.policy = init_engine(policy, cfg.learner, lr=ppo.lr, **engine_args)
+        lr = lr_for(ppo.lr, "ppo.lr", policy)
+        self.policy = init_engine(policy, cfg.learner, lr=lr, **engine_args)
         self.reference = load_policy(model_dir, dtype=dtype, trust_remote_code=remote).eval()
         self.reference.requires_grad_(False)
         self.critic = None
@@ -79,7 +81,8 @@ class PPOLearner:
             critic = load_critic(
                 model_dir, dtype=dtype, trust_remote_code=remote, seed=cfg.run.seed
             )
-            self.critic = init_engine(critic, cfg.learner, lr=ppo.critic_lr, **engine_args)
+            critic_lr = lr_for(ppo.critic_lr, "ppo.critic_lr", critic)
+            self.critic = init_engine(critic, cfg.learner, lr=critic_lr, **engine_args)
         kl = ppo.kl
         self.kl_ctl: algo.KLController = (
             algo.AdaptiveKLController(kl.coef, kl.target, kl.horizon)

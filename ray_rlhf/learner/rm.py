@@ -41,6 +41,7 @@ from ray_rlhf.learner.rm_representation import (
     captured_inputs,
     contrastive_term,
 )
+from ray_rlhf.learning_rates import lr_for
 from ray_rlhf.models.builders import (
     last_token_states,
     last_token_values,
@@ -167,7 +168,7 @@ class RMLearner(SingleEngineLearner):
         self.engine = init_engine(
             model,
             learner_cfg,
-            lr=rm_cfg.lr,
+            lr=lr_for(rm_cfg.lr, "rm.lr", model),
             weight_decay=0.0,
             total_steps=rm_cfg.steps,
             warmup_steps=rm_cfg.warmup_steps,

@@ -17,6 +17,7 @@ from ray_rlhf.learner.engine import (
     SingleEngineLearner,
     init_engine,
 )
+from ray_rlhf.learning_rates import lr_for
 from ray_rlhf.models.builders import load_policy
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -44,7 +45,7 @@ class SFTLearner(SingleEngineLearner):
         self.engine = init_engine(
             policy,
             learner_cfg,
-            lr=sft_cfg.lr,
+            lr=lr_for(sft_cfg.lr, "sft.lr", policy),
             weight_decay=sft_cfg.weight_decay,
             total_steps=sft_cfg.steps,
             warmup_steps=sft_cfg.warmup_steps,

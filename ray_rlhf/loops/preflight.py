@@ -2,7 +2,8 @@
 
 `preflight` checks the model dir the stages start from, the reward (PPO), and loads,
 tokenizes and validates every data file the stages read; then it resolves
-`data.max_prompt_tokens` / `data.max_response_tokens` (`ray_rlhf.data.limits`). Every
+`data.max_prompt_tokens` / `data.max_response_tokens` (`ray_rlhf.data.limits`) and the unset
+learning rates (`ray_rlhf.learning_rates`). Every
 command's `run_job` calls it once, before `init_ray` and before any stage trains (a PPO run
 without `model.path` checks the PPO prompts before its SFT stage starts), and hands the
 returned config to its stages.
@@ -52,8 +53,8 @@ def preflight(
         base_dir: The model the stages start from; default `prepare_base_model(cfg)`.
 
     Returns:
-        `cfg` with integer `data.max_prompt_tokens` and `data.max_response_tokens`; also
-        written to `run_dir/config.yaml`.
+        `cfg` with integer `data.max_prompt_tokens` and `data.max_response_tokens` and every
+        learning rate set; also written to `run_dir/config.yaml`.
 
     Raises:
         DataValidationError: Naming file, row and field of bad or over-long rows.
@@ -65,8 +66,9 @@ def preflight(
     """
     from ray_rlhf.data.errors import DataValidationError
     from ray_rlhf.data.limits import resolve_token_limits
+    from ray_rlhf.learning_rates import resolve_learning_rates
     from ray_rlhf.models.builders import check_policy_dir, load_tokenizer
-    from ray_rlhf.models.checkpoint import describe_model_dir, max_positions
+    from ray_rlhf.models.checkpoint import count_parameters, describe_model_dir, max_positions
 
     base = base_dir if base_dir is not None else prepare_base_model(cfg, run_dir)
     check_policy_dir(base, trust_remote_code=cfg.model.trust_remote_code)
@@ -105,6 +107,8 @@ def preflight(
                 "(max_position_embeddings)."
             )
             raise
+    resolved, rates = resolve_learning_rates(resolved, count_parameters(base))
+    logger.info("learning rates: %s", rates)
     # A resumed run's stored limits were resolved too: compare like with like.
     check_resume_config(resolved, run_dir, only=DERIVED_KEYS)
     dump_config(resolved, run_dir / CONFIG_FILE)

@@ -252,6 +252,23 @@ def max_positions(model_dir: str | os.PathLike[str]) -> int | None:
     return None
 
 
+def count_parameters(model_dir: str | os.PathLike[str]) -> int:
+    """Parameters stored in a model dir's safetensors files, from their headers (a tied
+    head stored once counts once; no weights are read).
+
+    Raises:
+        ModelDirError: If the directory is not a valid model directory.
+    """
+    from safetensors import safe_open
+
+    parameters = 0
+    for weights in sorted(validate_model_dir(model_dir).glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as f:
+            for name in f.keys():
+                parameters += math.prod(f.get_slice(name).get_shape())
+    return parameters
+
+
 def describe_model_dir(model_dir: str | os.PathLike[str]) -> str:
     """`llama, 2 layers, hidden 64, 0.2M parameters`: a model dir's shape for the run's
     header, from `config.json` and the safetensors headers (no weights are read).
@@ -259,15 +276,9 @@ def describe_model_dir(model_dir: str | os.PathLike[str]) -> str:
     Raises:
         ModelDirError: If the directory is not a valid model directory.
     """
-    from safetensors import safe_open
-
     path = validate_model_dir(model_dir)
     config = _read_config(path)
-    parameters = 0
-    for weights in sorted(path.glob("*.safetensors")):
-        with safe_open(str(weights), framework="pt") as f:
-            for name in f.keys():
-                parameters += math.prod(f.get_slice(name).get_shape())
+    parameters = count_parameters(path)
     size = f"{parameters / 1e6:.1f}M" if parameters >= 1e5 else f"{parameters / 1e3:.0f}K"
     return (
         f"{config.get('model_type', 'unknown type')}, {config.get('num_hidden_layers', '?')} "

@@ -74,7 +74,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         ("ppo.kl=3", r"ppo\.kl: expected a mapping"),
         ("sft.steps=0", r"sft\.steps: must be > 0"),
         ("rollout.top_p=0", r"rollout\.top_p: must be in \(0, 1\]"),
-        ("ppo.lr=null", r"ppo\.lr: expected a number, got None"),
+        ("ppo.clip_eps=null", r"ppo\.clip_eps: expected a number, got None"),
         ("reward.kind=model", r"reward\.model_path: required when kind is 'model'"),
         ("reward.rule=nocolon", r"reward\.rule: must look like"),
         ("ppo.minibatch_size=50", r"ppo\.minibatch_size: must be a multiple of"),
