@@ -9,6 +9,7 @@ process start time and every iteration's metrics row (wall-clock `time` at its e
 
 from __future__ import annotations
 
+import shutil
 import time
 
 PROCESS_START = time.time()
@@ -81,6 +82,10 @@ def run(spec: dict) -> dict:
     finally:
         shutdown_ray(started)
     rows = read_metrics(run_dir / "ppo")
+    # The timings are in the metrics; the run's checkpoint and policy (3 GB at 135M) are not
+    # needed, and a full benchmark makes dozens of runs.
+    for written in ("ray_train", "ppo_policy"):
+        shutil.rmtree(run_dir / written, ignore_errors=True)
     return {"process_start": PROCESS_START, "rows": rows, "overrides": ppo_overrides(spec)}
 
 
