@@ -20,6 +20,7 @@ notebook) resolves a None rate the same way from the model it trains (`lr_for`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,12 +53,15 @@ def lr_for(value: float | None, key: str, model: torch.nn.Module) -> float:
     return default_lr(key, sum(p.numel() for p in model.parameters()))
 
 
-def resolve_learning_rates(cfg: RLHFConfig, num_parameters: int) -> tuple[RLHFConfig, str]:
+def resolve_learning_rates(
+    cfg: RLHFConfig, num_parameters: int, shown: Collection[str] = KEYS
+) -> tuple[RLHFConfig, str]:
     """`cfg` with every unset rate filled in, and a log line saying what was chosen and why.
 
     Args:
         cfg: The run's config.
         num_parameters: Parameters of the model the run starts from.
+        shown: The rates the log line reports (those of the stages that run).
     """
     chosen: dict[str, float] = {}
     sections = {}
@@ -69,12 +73,16 @@ def resolve_learning_rates(cfg: RLHFConfig, num_parameters: int) -> tuple[RLHFCo
                 values[field] = chosen[key] = default_lr(key, num_parameters)
         sections[section] = dataclasses.replace(getattr(cfg, section), **values)
     resolved = dataclasses.replace(cfg, **sections)
-    given = [k for k in KEYS if k not in chosen]
+    keys = [k for k in KEYS if k in shown]
+    defaulted = [k for k in keys if k in chosen]
+    given = [k for k in keys if k not in chosen]
     size = f"{num_parameters / 1e6:.1f}M"
     kind = "pretrained-model" if num_parameters >= PRETRAINED_FROM else "small-model"
-    parts = [f"{k} {_value(resolved, k):g}" for k in KEYS]
+    parts = [f"{k} {_value(resolved, k):g}" for k in keys]
     why = (
-        f"{', '.join(chosen)}: the {kind} defaults for {size} parameters" if chosen else ""
+        f"{', '.join(defaulted)}: the {kind} defaults for {size} parameters"
+        if defaulted
+        else ""
     )
     if given:
         why += ("; " if why else "") + f"{', '.join(given)}: set in the config"

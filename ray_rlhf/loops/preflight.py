@@ -107,7 +107,10 @@ def preflight(
                 "(max_position_embeddings)."
             )
             raise
-    resolved, rates = resolve_learning_rates(resolved, count_parameters(base))
+    shown = [f"{stage}.lr" for stage in stages]
+    if "ppo" in stages and cfg.ppo.advantage == "gae":
+        shown.append("ppo.critic_lr")
+    resolved, rates = resolve_learning_rates(resolved, count_parameters(base), shown)
     logger.info("learning rates: %s", rates)
     # A resumed run's stored limits were resolved too: compare like with like.
     check_resume_config(resolved, run_dir, only=DERIVED_KEYS)

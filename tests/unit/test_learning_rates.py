@@ -48,6 +48,11 @@ def test_set_rates_are_kept_and_unset_ones_filled_in():
         "ppo.critic_lr: the pretrained-model defaults for 135.0M parameters; rm.lr, ppo.lr: "
         "set in the config)"
     )
+    _, line = resolve_learning_rates(cfg, 135_000_000, shown=["rm.lr", "ppo.critic_lr"])
+    assert line == (
+        "rm.lr 2e-05, ppo.critic_lr 9e-06 (ppo.critic_lr: the pretrained-model defaults for "
+        "135.0M parameters; rm.lr: set in the config)"
+    )
     small, line = resolve_learning_rates(load_config(None, []), 200_000)
     assert (small.sft.lr, small.rm.lr, small.ppo.lr, small.ppo.critic_lr) == (
         3e-3, 1e-3, 1e-4, 5e-4
@@ -91,7 +96,10 @@ def test_preflight_gives_a_pretrained_size_model_the_pretrained_rates(tmp_path, 
     assert _rates(resolved) == (5e-6, 4e-5, 1e-6, 9e-6)
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert (stored["ppo"]["lr"], stored["sft"]["lr"], stored["rm"]["lr"]) == (1e-6, 5e-6, 4e-5)
-    assert "the pretrained-model defaults for 25." in caplog.text
+    # Only the PPO stage runs: its rate is the one reported.
+    assert "learning rates: ppo.lr 1e-06 (ppo.lr: the pretrained-model defaults for 25." in (
+        caplog.text
+    )
 
 
 def test_preflight_gives_the_toy_worlds_tiny_model_the_small_rates(tmp_path):
