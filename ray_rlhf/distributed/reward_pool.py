@@ -203,7 +203,10 @@ class RewardPool:
         return self.__dict__ | {"_actors": [], "_pids": [], "faults": collections.Counter()}
 
     def _refresh(self) -> None:
-        """Adopt the owner's state (another copy may have changed it)."""
+        """Adopt the owner's state (another copy may have changed it); after `shutdown`,
+        this copy has no actors."""
+        if self._owner is None:
+            return
         actors, pids, faults = ray.get(self._owner.state.remote())
         self._actors, self._pids = list(actors), list(pids)
         self.faults = collections.Counter(faults)
@@ -248,6 +251,7 @@ class RewardPool:
 
         Raises:
             ValueError: If the batch is empty or its rows do not form whole prompt groups.
+            RuntimeError: If the pool was shut down.
         """
         groups = len(batch.prompt_ids)
         if groups == 0 or batch.num_samples != groups * batch.n_samples:
@@ -256,6 +260,8 @@ class RewardPool:
                 f"{batch.n_samples} samples (or is empty)"
             )
         self._refresh()
+        if not self._actors:
+            raise RuntimeError("the reward pool is shut down")
         world = min(len(self._actors), groups)
         return PendingScores(batch, [self._submit(batch, k, world) for k in range(world)], self)
 
@@ -307,9 +313,12 @@ class RewardPool:
     def shutdown(self) -> None:
         """Kills every actor the owner has, whichever copy added it, then the owner
         (idempotent)."""
+        owner, self._owner = self._owner, None
         self._actors, self._pids = [], []
+        if owner is None:
+            return
         try:
-            ray.get(self._owner.shutdown.remote())
+            ray.get(owner.shutdown.remote())
         except RayActorError:
-            return  # shut down already
-        ray.kill(self._owner)
+            return  # shut down already (by another copy)
+        ray.kill(owner)
