@@ -145,12 +145,25 @@ class RolloutPool:
 
     def _refresh(self) -> None:
         """Adopt the owner's membership, version and fault counts (another copy, e.g. the
-        one in a learner worker, may have changed them). Called by every public method."""
+        one in a learner worker, may have changed them). Called by every public method.
+        After `shutdown` this copy has no actors and asks nobody."""
+        if self._owner is None:
+            return
         actors, version, faults = ray.get(self._owner.state.remote())
         if version != self._version:  # weights kept here are not the current ones
             self._handle, self._state = None, None
         self._actors, self._version = list(actors), version
         self.faults = collections.Counter(faults)
+
+    def _refresh_open(self) -> None:
+        """`_refresh` for a method that needs actors.
+
+        Raises:
+            RuntimeError: If the pool was shut down.
+        """
+        if self._owner is None:
+            raise RuntimeError("the rollout pool is shut down")
+        self._refresh()
 
     def _commit(self) -> None:
         ray.get(self._owner.commit.remote(self._actors, self._version, dict(self.faults)))
@@ -216,7 +229,7 @@ class RolloutPool:
         """
         if not prompts:
             raise ValueError("RolloutPool.generate: no prompts")
-        self._refresh()
+        self._refresh_open()
         kwargs = {
             "n_samples": n_samples,
             "max_tokens": max_tokens,
@@ -224,7 +237,8 @@ class RolloutPool:
             "top_p": top_p,
             "seed": seed,
         }
-        shares = [(k, *group_range(len(prompts), k, self.size)) for k in range(self.size)]
+        size = len(self._actors)
+        shares = [(k, *group_range(len(prompts), k, size)) for k in range(size)]
         shares = [(k, a, b) for k, a, b in shares if b > a]
         pending = PendingRollout(prompt_ids, prompts, kwargs, shares, [], self._version)
         pending.refs = [self._submit_share(pending, *share) for share in shares]
@@ -286,7 +300,7 @@ class RolloutPool:
             `sync/bytes`, `sync/buckets`, `perf/sync_bytes_per_s`, and for the broadcast
             transport `timing/sync_group` (group (re)build, 0 when reused).
         """
-        self._refresh()
+        self._refresh_open()
         if self._broadcast is None:
             metrics = self._sync_object_store(state, version).metrics()
             self._commit()
@@ -397,10 +411,11 @@ class RolloutPool:
         """
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
-        self._refresh()
-        if num_actors > self.size:
-            self._add_actors(num_actors - self.size, timeout_s=self.cfg.resize_timeout_s)
-        elif num_actors < self.size:
+        self._refresh_open()
+        size = len(self._actors)
+        if num_actors > size:
+            self._add_actors(num_actors - size, timeout_s=self.cfg.resize_timeout_s)
+        elif num_actors < size:
             removed, self._actors = self._actors[num_actors:], self._actors[:num_actors]
             self._commit()
             self._stop(removed)
@@ -457,9 +472,12 @@ class RolloutPool:
         the owner. The pool is unusable afterwards; a second call does nothing."""
         if self._broadcast is not None:
             self._broadcast.close()
+        owner, self._owner = self._owner, None
         self._actors = []
+        if owner is None:
+            return
         try:
-            ray.get(self._owner.shutdown.remote())
+            ray.get(owner.shutdown.remote())
         except RayActorError:
-            return  # shut down already
-        ray.kill(self._owner)
+            return  # shut down already (by another copy)
+        ray.kill(owner)

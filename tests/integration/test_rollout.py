@@ -268,7 +268,8 @@ def test_pool_copies_share_one_owner(ray_session, sender, model_dir, perturbed_s
     """A copy of the pool in another process (as in a learner worker) grows it, syncs
     weights and takes its share of a batch handed out by another copy, then that process
     dies: the actor it added lives on (the pool's owner actor created it), the driver's copy
-    sees both actors and the version, and its shutdown stops both."""
+    sees both actors and the version, and its shutdown stops both and leaves a copy with no
+    actors that refuses work."""
     import time
 
     import ray
@@ -297,6 +298,10 @@ def test_pool_copies_share_one_owner(ray_session, sender, model_dir, perturbed_s
         assert _greedy(pool).policy_version == 1
     finally:
         pool.shutdown()
+    assert pool.size == 0  # without asking the killed owner
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.generate(["p"], ["hi"], n_samples=1, max_tokens=2, temperature=1.0, top_p=1.0, seed=0)
+    pool.shutdown()  # a second call does nothing
 
     def alive() -> list:  # the GCS's actor table (the state API needs the dashboard)
         actors = state.actors().values()
