@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks.settings import THREADS, Workload
+from benchmarks.settings import OMP_SPIN, THREADS, Workload
 
 PHASES = ("generate", "score", "train", "sync")
 
@@ -261,6 +261,7 @@ def machine_meta(
         "commit": commit or "-",
         "versions": _versions(trl_python),
         "threads": THREADS,
+        "omp_spin": f"{OMP_SPIN:,}",
         "args": {k: v for k, v in vars(args).items()},
         "trl": trl_python is not None,
     }

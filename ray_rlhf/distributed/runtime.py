@@ -30,19 +30,40 @@ _PROPAGATED = (
     "TMPDIR",
     "MPLCONFIGDIR",
     "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
     "TOKENIZERS_PARALLELISM",
     "PYTHONDONTWRITEBYTECODE",
 )
 
 
+DEFAULT_OMP_SPIN = 1_000_000
+"""`GOMP_SPINCOUNT` of workers whose roles take turns (`ResourcesConfig.omp_spin_count`)."""
+
+_OMP_SPIN: int | None = None
+"""The spin count `init_ray` chose for this session's workers (None: PASSIVE only)."""
+
+
+def omp_spin_count(resources: ResourcesConfig, *, roles_overlap: bool) -> int:
+    """`resources.omp_spin_count`, or its default: 0 when the roles compute at the same
+    time (spinning threads would take the cores the other roles need), else
+    `DEFAULT_OMP_SPIN`."""
+    if resources.omp_spin_count is not None:
+        return resources.omp_spin_count
+    return 0 if roles_overlap else DEFAULT_OMP_SPIN
+
+
 def worker_env_vars() -> dict[str, str]:
     """Environment passed to every Ray worker via `runtime_env`.
 
-    OpenMP spin-waiting makes processes that share 2 cores 10-80x slower (docs/cpu_stack.md,
-    "Threads"), so the wait policy defaults to PASSIVE; thread counts are set per actor.
+    Idle OpenMP threads sleep (`OMP_WAIT_POLICY=PASSIVE`) after spinning for the count
+    `init_ray` chose (`GOMP_SPINCOUNT`): unbounded spinning makes processes that share 2
+    cores 10-80x slower, and sleeping at once costs a multi-threaded role a thread wake-up
+    per parallel region (docs/cpu_stack.md, "Threads"). Thread counts are set per actor.
     """
     env = {k: os.environ[k] for k in _PROPAGATED if k in os.environ}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if _OMP_SPIN is not None:
+        env.setdefault("GOMP_SPINCOUNT", str(_OMP_SPIN))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Ray Train also routes print() through its logger: a line would show twice.
     env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -53,12 +74,14 @@ _SESSION_LOGS: Path | None = None
 """The logs dir of the embedded Ray session `init_ray` started, if any."""
 
 
-def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
+def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0, roles_overlap: bool = False) -> bool:
     """Join the configured / job's cluster, or start an embedded one.
 
     Args:
         min_cpus: logical CPUs the embedded cluster needs at least (see
             `ResourcesConfig.num_cpus`); ignored when joining a cluster.
+        roles_overlap: the run's roles compute at the same time (async PPO); sets the
+            workers' OpenMP spin default (`omp_spin_count`).
 
     Workers' stdout and stderr reach this process's console only when
     `ray_rlhf.logs.shows_infrastructure_logs()` (`--verbose`, or outside the CLI); they are
@@ -67,9 +90,10 @@ def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
     Returns:
         True when this call started Ray (the caller then owns `shutdown_ray(True)`).
     """
-    global _SESSION_LOGS
+    global _SESSION_LOGS, _OMP_SPIN
     if ray.is_initialized():
         return False
+    _OMP_SPIN = omp_spin_count(resources, roles_overlap=roles_overlap)
     kwargs: dict[str, Any] = {
         "runtime_env": {"env_vars": worker_env_vars()},
         "logging_level": "WARNING",
@@ -93,6 +117,7 @@ def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
         where = "started an embedded cluster"
     cpus = ray.cluster_resources().get("CPU", 0)
     logger.info("Ray: %s with %g CPUs", where, cpus)
+    logger.debug("workers' OpenMP spin before sleeping (GOMP_SPINCOUNT): %d", _OMP_SPIN)
     session_logs = Path(context.address_info["session_dir"]) / "logs"
     logger.debug("Ray session logs (every worker's stdout / stderr): %s", session_logs)
     # An embedded cluster's logs are copied into the run dir when it shuts down.
@@ -106,10 +131,11 @@ def shutdown_ray(started: bool) -> None:
     An embedded cluster's session logs (Ray Train workers, vLLM rollout actors, reward
     actors: their stdout and stderr) are then copied to the run's `logs/ray/`.
     """
-    global _SESSION_LOGS
+    global _SESSION_LOGS, _OMP_SPIN
     if not started:
         return
     ray.shutdown()
+    _OMP_SPIN = None
     log, source, _SESSION_LOGS = driver_log(), _SESSION_LOGS, None
     if log is None or source is None or not source.is_dir():
         return

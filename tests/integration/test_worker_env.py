@@ -1,0 +1,21 @@
+"""A Ray worker of an embedded cluster started by `init_ray` gets the driver's environment
+settings through the job's runtime env: the OpenMP wait policy and spin count."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_plain_task_sees_the_openmp_wait_settings(ray_session):
+    expected = os.environ.get("GOMP_SPINCOUNT", "1000000")  # an export wins over the default
+
+    @ray_session.remote(num_cpus=0)
+    def read_env() -> tuple[str | None, str | None]:
+        return os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT")
+
+    policy, spin = ray_session.get(read_env.remote())
+    assert policy.upper() == "PASSIVE" and spin == expected
