@@ -76,9 +76,7 @@ def run(spec: dict) -> dict:
 
     cfg = load_config(None, ppo_overrides(spec))
     run_dir = prepare_run_dir(cfg)
-    started = init_ray(
-        cfg.resources, min_cpus=requested_cpus(cfg), roles_overlap=cfg.ppo.async_rollouts
-    )
+    started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:
         ppo.run(cfg, run_dir, Path(cfg.model.path))
     finally:

@@ -299,8 +299,8 @@ completions per prompt, exactly `tokens` generated tokens per completion (ray_rl
 weight decay, grad-norm clip 1.0, KL coefficient 0.05 toward the frozen reference (both run
 its forward), temperature 1, top_p 1, the toy world's rule reward
 (`ray_rlhf.data.toyworld:true_reward`) in both. Threads: every process gets
-OMP_NUM_THREADS={threads}, OMP_WAIT_POLICY=PASSIVE with GOMP_SPINCOUNT={OMP_SPIN} (idle
-OpenMP threads spin about 10 ms, then sleep) and torch threads = {threads}:
+OMP_NUM_THREADS={threads}, OMP_WAIT_POLICY=PASSIVE with GOMP_SPINCOUNT={OMP_SPIN} (spins of
+an idle OpenMP thread before it sleeps) and torch threads = {threads}:
 TRL's single process, the floor's process, ray_rlhf's rollout actor and its learner worker
 (ray_rlhf's phases take turns in a synchronous iteration). ray_rlhf: {learners} DeepSpeed
 (ZeRO-{zero}) learner worker(s) under Ray Train, {actors} vLLM rollout actor(s) sharing

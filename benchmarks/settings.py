@@ -71,10 +71,9 @@ THREADS = 2
 role (rollout actor, learner; the phases of a synchronous iteration take turns)."""
 
 
-OMP_SPIN = 1_000_000
-"""`GOMP_SPINCOUNT` of every benchmark process: ray_rlhf's default for runs whose roles take
-turns (`ray_rlhf.distributed.runtime.DEFAULT_OMP_SPIN`), given to TRL and the floor too, so
-no system's threads wait differently."""
+OMP_SPIN = 0
+"""`GOMP_SPINCOUNT` of every benchmark process (0: idle OpenMP threads sleep at once, as with
+ray_rlhf's default `resources.omp_spin_count`); TRL and the floor get the same."""
 
 
 def bench_env(threads: int = THREADS) -> dict[str, str]:
@@ -84,7 +83,7 @@ def bench_env(threads: int = THREADS) -> dict[str, str]:
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "OMP_WAIT_POLICY": "PASSIVE",
-        "GOMP_SPINCOUNT": str(OMP_SPIN),
+        "GOMP_SPINCOUNT": str(OMP_SPIN),  # overrides an exported one
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",

@@ -197,12 +197,16 @@ class ResourcesConfig:
     """Logical CPUs of the embedded cluster. None: the cores, or more if the configured
     learners + rollout + reward actors request more (they take turns: a synchronous
     iteration never runs them all at once, and each gets an explicit thread count)."""
-    omp_spin_count: int | None = None
+    omp_spin_count: int = 0
     """How long a worker's idle OpenMP threads spin before they sleep (`GOMP_SPINCOUNT`,
     about 100,000 per ms; only workers with more than one thread have idle OpenMP
-    threads). None: 1,000,000 (about 10 ms) when the run's roles take turns on the cores,
-    0 (sleep at once) for `ppo.async_rollouts`, where they compute at the same time. An
-    exported `GOMP_SPINCOUNT` wins over both."""
+    threads). 0: they sleep at once (`OMP_WAIT_POLICY=PASSIVE`). A short spin (1,000,000,
+    about 10 ms) can help roles with several threads that take turns on the cores; its
+    measured effect was mixed (docs/cpu_stack.md, "Threads"). Never spin when roles compute
+    at the same time (`ppo.async_rollouts`). An exported `GOMP_SPINCOUNT` wins."""
+
+    def __post_init__(self) -> None:
+        _check(self.omp_spin_count >= 0, "omp_spin_count", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -36,33 +36,20 @@ _PROPAGATED = (
 )
 
 
-DEFAULT_OMP_SPIN = 1_000_000
-"""`GOMP_SPINCOUNT` of workers whose roles take turns (`ResourcesConfig.omp_spin_count`)."""
-
-_OMP_SPIN: int | None = None
-"""The spin count `init_ray` chose for this session's workers (None: PASSIVE only)."""
-
-
-def omp_spin_count(resources: ResourcesConfig, *, roles_overlap: bool) -> int:
-    """`resources.omp_spin_count`, or its default: 0 when the roles compute at the same
-    time (spinning threads would take the cores the other roles need), else
-    `DEFAULT_OMP_SPIN`."""
-    if resources.omp_spin_count is not None:
-        return resources.omp_spin_count
-    return 0 if roles_overlap else DEFAULT_OMP_SPIN
+_OMP_SPIN: int = 0
+"""`resources.omp_spin_count` of the session `init_ray` started or joined."""
 
 
 def worker_env_vars() -> dict[str, str]:
     """Environment passed to every Ray worker via `runtime_env`.
 
-    Idle OpenMP threads sleep (`OMP_WAIT_POLICY=PASSIVE`) after spinning for the count
-    `init_ray` chose (`GOMP_SPINCOUNT`): unbounded spinning makes processes that share 2
-    cores 10-80x slower, and sleeping at once costs a multi-threaded role a thread wake-up
-    per parallel region (docs/cpu_stack.md, "Threads"). Thread counts are set per actor.
+    Idle OpenMP threads sleep (`OMP_WAIT_POLICY=PASSIVE`): spinning makes processes that
+    share 2 cores 10-80x slower (docs/cpu_stack.md, "Threads"); `resources.omp_spin_count`
+    > 0 lets them spin that long first (`GOMP_SPINCOUNT`). Thread counts are set per actor.
     """
     env = {k: os.environ[k] for k in _PROPAGATED if k in os.environ}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if _OMP_SPIN is not None:
+    if _OMP_SPIN > 0:
         env.setdefault("GOMP_SPINCOUNT", str(_OMP_SPIN))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Ray Train also routes print() through its logger: a line would show twice.
@@ -74,14 +61,12 @@ _SESSION_LOGS: Path | None = None
 """The logs dir of the embedded Ray session `init_ray` started, if any."""
 
 
-def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0, roles_overlap: bool = False) -> bool:
+def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
     """Join the configured / job's cluster, or start an embedded one.
 
     Args:
         min_cpus: logical CPUs the embedded cluster needs at least (see
             `ResourcesConfig.num_cpus`); ignored when joining a cluster.
-        roles_overlap: the run's roles compute at the same time (async PPO); sets the
-            workers' OpenMP spin default (`omp_spin_count`).
 
     Workers' stdout and stderr reach this process's console only when
     `ray_rlhf.logs.shows_infrastructure_logs()` (`--verbose`, or outside the CLI); they are
@@ -93,7 +78,7 @@ def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0, roles_overlap: bo
     global _SESSION_LOGS, _OMP_SPIN
     if ray.is_initialized():
         return False
-    _OMP_SPIN = omp_spin_count(resources, roles_overlap=roles_overlap)
+    _OMP_SPIN = resources.omp_spin_count
     kwargs: dict[str, Any] = {
         "runtime_env": {"env_vars": worker_env_vars()},
         "logging_level": "WARNING",
@@ -117,7 +102,6 @@ def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0, roles_overlap: bo
         where = "started an embedded cluster"
     cpus = ray.cluster_resources().get("CPU", 0)
     logger.info("Ray: %s with %g CPUs", where, cpus)
-    logger.debug("workers' OpenMP spin before sleeping (GOMP_SPINCOUNT): %d", _OMP_SPIN)
     session_logs = Path(context.address_info["session_dir"]) / "logs"
     logger.debug("Ray session logs (every worker's stdout / stderr): %s", session_logs)
     # An embedded cluster's logs are copied into the run dir when it shuts down.
@@ -135,7 +119,7 @@ def shutdown_ray(started: bool) -> None:
     if not started:
         return
     ray.shutdown()
-    _OMP_SPIN = None
+    _OMP_SPIN = 0
     log, source, _SESSION_LOGS = driver_log(), _SESSION_LOGS, None
     if log is None or source is None or not source.is_dir():
         return

@@ -73,9 +73,7 @@ def run(cfg: RLHFConfig) -> dict[str, dict[str, float]]:
     run_dir = prepare_run_dir(cfg)
     cfg = preflight(cfg, run_dir, ("sft", "ppo"))
     prompts = _test_prompts(cfg, run_dir)
-    started = init_ray(
-        cfg.resources, min_cpus=requested_cpus(cfg), roles_overlap=cfg.ppo.async_rollouts
-    )
+    started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:
         sft_result = sft.run(cfg, run_dir)
         ppo_result = ppo.run(cfg, run_dir, sft_result.policy_dir)

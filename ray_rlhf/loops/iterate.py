@@ -374,9 +374,7 @@ def run_job(cfg: RLHFConfig) -> IterateResult:
     if first is not None and done:
         logger.info("iterate: resuming at %s (%d of %d phases done)", first, len(done), len(plan))
     if first is not None:
-        started = init_ray(
-            cfg.resources, min_cpus=requested_cpus(cfg), roles_overlap=cfg.ppo.async_rollouts
-        )
+        started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
         try:
             for phase in plan[plan.index(first) :]:
                 run_phase(cfg, run_dir, phase)

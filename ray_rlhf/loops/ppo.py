@@ -199,9 +199,7 @@ def run_job(cfg: RLHFConfig) -> PPOResult:
     if cfg.model.path is None:
         logger.info("model.path is not set: SFT of the tiny model (model.tiny) runs first")
     cfg = preflight(cfg, run_dir, ("ppo",) if cfg.model.path else ("sft", "ppo"))
-    started = init_ray(
-        cfg.resources, min_cpus=requested_cpus(cfg), roles_overlap=cfg.ppo.async_rollouts
-    )
+    started = init_ray(cfg.resources, min_cpus=requested_cpus(cfg))
     try:
         policy = Path(cfg.model.path) if cfg.model.path else sft.run(cfg, run_dir).policy_dir
         result = run(cfg, run_dir, policy)

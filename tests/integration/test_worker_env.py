@@ -1,5 +1,5 @@
-"""A Ray worker of an embedded cluster started by `init_ray` gets the driver's environment
-settings through the job's runtime env: the OpenMP wait policy and spin count."""
+"""A Ray worker of an embedded cluster started by `init_ray` gets the driver's OpenMP wait
+settings through the job's runtime env."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_plain_task_sees_the_openmp_wait_settings(ray_session):
-    expected = os.environ.get("GOMP_SPINCOUNT", "1000000")  # an export wins over the default
-
     @ray_session.remote(num_cpus=0)
     def read_env() -> tuple[str | None, str | None]:
         return os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT")
 
     policy, spin = ray_session.get(read_env.remote())
-    assert policy.upper() == "PASSIVE" and spin == expected
+    # The suite's session uses the default spin count 0: GOMP_SPINCOUNT only if exported.
+    assert policy.upper() == "PASSIVE" and spin == os.environ.get("GOMP_SPINCOUNT")
