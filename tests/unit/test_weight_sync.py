@@ -241,7 +241,9 @@ def test_pool_catches_actors_up_with_the_version_sent_not_the_live_weights(
     pool._object_store = ObjectStoreTransport(bucket_bytes=64)
     pool._actors, pool._version, pool._handle, pool._state = [], 0, None, None
     monkeypatch.setattr(pool, "_ensure_group", lambda transport: 0.0)
-    # No owner actor either: this copy's membership and version are the ones set above.
+    # No owner actor either (a stand-in marks the pool open): this copy's membership and
+    # version are the ones set above.
+    pool._owner = "no owner actor"
     monkeypatch.setattr(pool, "_refresh", lambda: None)
     monkeypatch.setattr(pool, "_commit", lambda: None)
     live = _tied_state()
