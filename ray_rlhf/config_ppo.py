@@ -75,6 +75,9 @@ class RewardConfig:
     """Score every response under this many other in-batch prompts and log the prompt-free /
     prompt-related split (`reward/prompt_free_*`, docs/algorithms.md §1); 0 turns it off. A
     diagnostic: rewards are unchanged."""
+    replace_timeout_s: float = 300.0
+    """How long a new reward actor that replaces one out of restarts may take to be placed
+    and load its model; past it the run stops with a message naming this key."""
 
     def __post_init__(self) -> None:
         _check(
@@ -86,6 +89,7 @@ class RewardConfig:
         _check(self.num_actors >= 1, "num_actors", "must be >= 1")
         _check(self.clip > 0, "clip", "must be > 0")
         _check(self.prompt_free_prompts >= 0, "prompt_free_prompts", "must be >= 0")
+        _check(self.replace_timeout_s > 0, "replace_timeout_s", "must be > 0")
 
 
 @dataclass(frozen=True)

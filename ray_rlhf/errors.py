@@ -45,3 +45,16 @@ class CheckpointError(UserError):
         "The run dir holds a checkpoint of another model or config; pick another run.name (or "
         "delete the run dir) to start over."
     )
+
+
+class PlacementTimeout(UserError, RuntimeError):
+    """New pool actors (rollout or reward: a resize, or the replacement of an actor out of
+    restarts) were not placed and started in time; the pool kept its size. A retry of the
+    learners would wait for the same free room, so it is not retried."""
+
+    kind = "cluster capacity"
+    hint = (
+        "The cluster has no free CPUs / GPUs for the new actor. On the embedded cluster raise "
+        "resources.num_cpus (it is sized at start); on a cluster, let the autoscaler add a "
+        "node type that fits, or raise the timeout named above if actors start slowly."
+    )

@@ -36,6 +36,33 @@ POLL_S = 0.5
 NOTICE_KEY = "events/notice"
 """A metrics row's text for people (an operational event); the driver prints it once."""
 
+_RECOVERIES = {
+    "faults/learner_restarts": "a learner worker died; Ray Train restarted the learners from "
+    "the last checkpoint and this iteration was trained again",
+    "faults/rollout_restarts": "a rollout actor died; Ray restarted it and it was caught up "
+    "to the learner's weights",
+    "faults/rollout_replacements": "a rollout actor was out of restarts; the pool replaced it "
+    "with a new one",
+    "faults/reward_restarts": "a reward actor died; Ray restarted it and its scoring was "
+    "repeated",
+    "faults/reward_replacements": "a reward actor was out of restarts; the pool replaced it "
+    "with a new one",
+}
+"""Fault counters of a PPO row (running totals) and what an increase means, for people."""
+
+
+def recovery_notes(seen: dict[str, int], row: Row) -> list[str]:
+    """One line per fault counter of `row` above its highest value in `seen` (a missing
+    counter is 0): what happened, and the run's total so far. Updates `seen`, so rows read
+    again (a resumed stage rewrites its file) repeat nothing."""
+    notes = []
+    for key, text in _RECOVERIES.items():
+        total = int(row.get(key, 0))
+        if total > seen.get(key, 0):
+            seen[key] = total
+            notes.append(f"{text} ({key.removeprefix('faults/')}: {total} so far)")
+    return notes
+
 
 @dataclass(frozen=True)
 class StageProgress:
@@ -171,11 +198,15 @@ def follow_metrics(spec: StageProgress | None, metrics_dir: Path) -> Iterator[No
         return
     tail = MetricsTail(metrics_dir / "metrics.jsonl")
     stop = threading.Event()
+    seen: dict[str, int] = {}
 
     def show_new_rows() -> None:
         for row in tail.new_rows():
-            if NOTICE_KEY in row:  # one line above the bar, e.g. a resize that was not placed
-                console_print(f"{spec.name} step {row['step']}: {row[NOTICE_KEY]}")
+            notes = recovery_notes(seen, row)
+            if NOTICE_KEY in row:  # e.g. a resize that was not placed
+                notes.append(row[NOTICE_KEY])
+            for note in notes:  # one line above the bar each
+                console_print(f"{spec.name} step {row['step']}: {note}")
             bar.show(int(row["step"]), row)
 
     def poll() -> None:

@@ -13,7 +13,7 @@ import ray
 import ray.train
 
 from ray_rlhf.chaos import kill_actors_if_asked, kill_self_if_asked
-from ray_rlhf.distributed.rollout_pool import PlacementTimeout
+from ray_rlhf.errors import PlacementTimeout
 from ray_rlhf.progress import NOTICE_KEY
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """PPO as a Ray Train run: generate -> score -> learn -> sync, one iteration per report.
 
-Rank 0 drives the rollout and reward pools (plain Ray actors created by the job driver, so
-they outlive learner restarts), hands every rank its share of prompt groups, and pushes the
-new weights to the rollout pool. Every rank runs a `PPOLearner` (DeepSpeed). The data
+Rank 0 drives the rollout and reward pools (each behind one owner actor the job driver
+created, so they and their membership outlive learner restarts), hands every rank its share
+of prompt groups through the object store, and pushes the new weights to the rollout pool.
+Every rank runs a `PPOLearner` (DeepSpeed). The data
 position is the iteration number (`global_batch_indices`), so a restart from the checkpoint
 of iteration k replays exactly iteration k + 1.
 

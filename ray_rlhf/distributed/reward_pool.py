@@ -35,6 +35,7 @@ from ray.exceptions import ActorDiedError, RayActorError
 
 from ray_rlhf.config import RewardConfig
 from ray_rlhf.distributed.runtime import worker_env_vars
+from ray_rlhf.errors import PlacementTimeout
 from ray_rlhf.reward.rules import absolute_rule_spec, load_rule
 from ray_rlhf.reward.scorer import Rewards, RewardScorer, RewardTransform
 from ray_rlhf.types import RolloutBatch, ScoredBatch, group_range, select_rollout_groups
@@ -108,20 +109,29 @@ class RewardPoolOwner:
         self._pids: list[int] = []
         self._faults: dict[str, int] = {}
 
-    def start(self, count: int) -> tuple[list[Any], list[int]]:
-        """Create `count` scorer actors and wait until they run: (actors, process ids).
+    def start(
+        self, count: int, timeout_s: float | None = None
+    ) -> tuple[list[Any], list[int], int]:
+        """Create `count` scorer actors and wait up to `timeout_s` (None: no limit) until
+        they run: (actors, process ids, how many did not start in time). When any did not,
+        none is kept and the first two are empty.
 
         Raises:
             ray.exceptions.ActorDiedError: If an actor fails to start (e.g. its model
                 does not load); none of the new actors is kept.
         """
         new = [self._remote_cls.remote(self._cfg, **self._scorer_kwargs) for _ in range(count)]
+        refs = [actor.describe.remote() for actor in new]
         try:
-            described = ray.get([actor.describe.remote() for actor in new])
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+            if len(ready) < len(refs):
+                self.kill(new)
+                return [], [], len(refs) - len(ready)
+            described = ray.get(refs)
         except BaseException:
             self.kill(new)
             raise
-        return new, [d["pid"] for d in described]
+        return new, [d["pid"] for d in described], 0
 
     def commit(self, members: list[Any], pids: list[int], faults: dict[str, int]) -> None:
         """Record the pool's current state (after any change by any copy)."""
@@ -234,7 +244,7 @@ class RewardPool:
         del self._actors[num_actors:], self._pids[num_actors:]
         ray.get(self._owner.kill.remote(extra))
         if len(self._actors) < num_actors:
-            new, pids = ray.get(self._owner.start.remote(num_actors - len(self._actors)))
+            new, pids, _ = ray.get(self._owner.start.remote(num_actors - len(self._actors)))
             self._actors += new
             self._pids += pids
         self._commit()
@@ -285,7 +295,16 @@ class RewardPool:
         return parts
 
     def _replace(self, k: int) -> None:
-        [self._actors[k]], [self._pids[k]] = ray.get(self._owner.start.remote(1))
+        timeout_s = self.cfg.replace_timeout_s
+        new, pids, missing = ray.get(self._owner.start.remote(1, timeout_s))
+        if missing:
+            raise PlacementTimeout(
+                f"reward actor {k} was out of restarts and its replacement did not start "
+                f"within reward.replace_timeout_s={timeout_s:g} s: the cluster has no free "
+                "room for it and no autoscaler added a node (raise resources.num_cpus, or "
+                "reward.replace_timeout_s if the model loads slowly)"
+            )
+        [self._actors[k]], [self._pids[k]] = new, pids
         self.faults["reward_replacements"] += 1
         self._commit()
         logger.warning("reward actor %d was out of restarts; replaced by a new one", k)

@@ -46,6 +46,7 @@ from ray_rlhf.distributed.weight_sync import (
     SyncStats,
     WeightsHandle,
 )
+from ray_rlhf.errors import PlacementTimeout
 from ray_rlhf.rollout.worker import concat_rollout_batches
 from ray_rlhf.types import RolloutBatch, group_range
 
@@ -59,10 +60,6 @@ autoscaler adds rollout nodes); CPUs / GPUs limit how many actors fit on a node.
 logger = logging.getLogger(__name__)
 
 _RESTART_WAIT_S = 300.0
-
-
-class PlacementTimeout(RuntimeError):
-    """New pool actors could not be placed in time; the pool kept its size."""
 
 
 @dataclass

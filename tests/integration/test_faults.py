@@ -97,9 +97,10 @@ def no_shm_left():
 
 def test_learner_sigkill_after_a_resize(tmp_path, base_model, reference, no_shm_left):
     """The rollout pool grows 1 -> 2 before iteration 1 (its owner creates the new actor),
-    then the learner process SIGKILLs itself at the start of iteration 3 (checkpoint at 2):
-    Ray Train starts a new worker group from the checkpoint, which finds both actors, and
-    iteration 3 is replayed. Row r samples with seed + r whatever the pool size, so the
+    then the learner process SIGKILLs itself at the start of iteration 4, after iteration 3
+    was logged (checkpoint at 2): Ray Train starts a new worker group from the checkpoint,
+    which finds both actors, and iteration 3 is trained and logged again, replacing its
+    first row. Row r samples with seed + r whatever the pool size, so the
     rewards still equal the one-actor reference run's. The reward actor's process is killed
     before iterations 1 and 2: the two restarts stay counted after the learner restart (the
     new rank 0 reads them from the pool's owner)."""
@@ -107,7 +108,7 @@ def test_learner_sigkill_after_a_resize(tmp_path, base_model, reference, no_shm_
 
     cfg, run_dir = _prepare(tmp_path, base_model)
     (run_dir / "control.yaml").write_text(
-        "rollout_actors: 2\nkill_learner_at_iteration: 3\n"
+        "rollout_actors: 2\nkill_learner_at_iteration: 4\n"
         "kill_actors_at_iteration: {1: RewardScorer, 2: RewardScorer}\n"
     )
     result = ppo.run(cfg, run_dir, base_model)
@@ -115,7 +116,7 @@ def test_learner_sigkill_after_a_resize(tmp_path, base_model, reference, no_shm_
     rows = read_metrics(result.metrics_dir)
     _assert_matches_reference(rows, reference)
     assert [r["rollout/actors"] for r in rows] == [2] * ITERATIONS
-    assert [r.get("faults/learner_restarts", 0) for r in rows] == [0, 0, 1, 1]
+    assert [r.get("faults/learner_restarts", 0) for r in rows] == [0, 0, 1, 1]  # 3: the replay
     assert [r.get("faults/reward_restarts", 0) for r in rows] == [1, 2, 2, 2]
     assert live_actor_pids("RolloutActor") == []  # shutdown reached the actor the resize added
 

@@ -215,3 +215,47 @@ def test_copies_share_one_owner_and_its_fault_counts(ray_session, tokenizer):
     while live_actor_pids("RewardScorer") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert live_actor_pids("RewardScorer") == []
+
+
+def test_a_replacement_that_cannot_be_placed_stops_with_the_key_named(ray_session, tokenizer):
+    """An actor out of restarts whose replacement finds no free CPU: after
+    `reward.replace_timeout_s` the pool raises `PlacementTimeout` (a user error: the learners
+    are not restarted for it) naming the key, and the unplaced actor is not left pending."""
+    import ray
+
+    from ray_rlhf.distributed.reward_pool import RewardPool
+    from ray_rlhf.errors import PlacementTimeout, UserError
+
+    @ray.remote
+    class Blocker:
+        def ready(self) -> bool:
+            return True
+
+    batch = toy_batch(tokenizer)
+    cfg = RewardConfig(num_actors=1, replace_timeout_s=3.0)
+    pool = RewardPool(cfg, cpus_per_actor=4)  # of the session's 6 CPUs
+    blocker = None
+    try:
+        doomed = pool._actors[0]
+        ray.kill(doomed, no_restart=True)
+        with pytest.raises(ray.exceptions.ActorDiedError):
+            ray.get(doomed.describe.remote(), timeout=30)
+        blocker = Blocker.options(num_cpus=3).remote()  # leaves 3 free: the new actor needs 4
+        assert ray.get(blocker.ready.remote(), timeout=60)
+        started = time.monotonic()
+        with pytest.raises(PlacementTimeout, match=r"reward\.replace_timeout_s=3 s") as caught:
+            pool.score(batch)
+        assert 3.0 <= time.monotonic() - started < 30.0
+        assert isinstance(caught.value, UserError)
+        assert pool.faults == {}
+    finally:
+        if blocker is not None:
+            ray.kill(blocker)
+        pool.shutdown()
+    # The unplaced actor was cancelled: once the blocker is gone nothing takes its CPUs.
+    total = ray.cluster_resources()["CPU"]
+    deadline = time.monotonic() + 20
+    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)
+    assert ray.available_resources().get("CPU", 0) == total

@@ -95,6 +95,35 @@ def test_the_driver_follows_the_rows_rank_0_writes(tmp_path, capsys, monkeypatch
     assert "3/3" in out and "kl 0.30" in out and "kl 9.00" not in out
 
 
+def test_each_recovery_is_one_line_above_the_bar_once(tmp_path, capsys, monkeypatch):
+    """Fault counters are running totals: a counter that grows prints one line saying what
+    happened; the rows a resumed stage writes again (its file rewritten) repeat nothing."""
+    monkeypatch.setattr(progress, "POLL_S", 0.01)
+    path = tmp_path / "metrics.jsonl"
+    first = [
+        {"step": 1, "kl": 0.1, "faults/reward_restarts": 1.0},
+        {"step": 2, "kl": 0.2, "faults/reward_restarts": 1.0},
+        {"step": 3, "kl": 0.3, "faults/reward_restarts": 1.0, "faults/rollout_replacements": 1},
+    ]
+    with logs.console_session(), follow_metrics(_spec(total=3), tmp_path):
+        _append(path, *first)
+        time.sleep(0.2)
+        # A learner restart from the checkpoint at 2 rewrites the file (a new one replaces it).
+        _append(tmp_path / "new.jsonl", *first[:2], first[2] | {"faults/learner_restarts": 1})
+        os.replace(tmp_path / "new.jsonl", path)
+        time.sleep(0.2)
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if "so far)" in line]
+    assert notes == [
+        "ppo step 1: a reward actor died; Ray restarted it and its scoring was repeated "
+        "(reward_restarts: 1 so far)",
+        "ppo step 3: a rollout actor was out of restarts; the pool replaced it with a new one "
+        "(rollout_replacements: 1 so far)",
+        "ppo step 3: a learner worker died; Ray Train restarted the learners from the last "
+        "checkpoint and this iteration was trained again (learner_restarts: 1 so far)",
+    ]
+
+
 _SCRIPT = """
 import logging, os, sys
 from pathlib import Path
