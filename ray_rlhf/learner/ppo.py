@@ -295,7 +295,7 @@ class PPOLearner:
         gen = torch.Generator().manual_seed(seed)
         steps_before = self.policy.global_steps
         sums: dict[str, float] = {}
-        count = tokens_here = 0
+        count = tokens_here = rows_used = 0
         for _ in range(self.cfg.ppo.epochs):
             order = torch.randperm(n, generator=gen).view(plan.steps, plan.minibatch)
             local = [float(exp.mask[rows].sum()) for rows in order]
@@ -304,6 +304,7 @@ class PPOLearner:
                 divisor = max(total, 1.0) / (plan.grad_accum * world)
                 for micro_rows in rows.split(plan.micro):
                     micro = exp.rows(micro_rows)
+                    rows_used += micro_rows.numel()
                     stats = self._policy_micro_step(micro, divisor)
                     if self.critic is not None:
                         stats |= self._critic_micro_step(micro, divisor)
@@ -317,7 +318,7 @@ class PPOLearner:
             if key in sums:
                 out[key] = sums[key] / max(tokens_here, 1.0)
         out["train/optimizer_steps"] = float(self.policy.global_steps - steps_before)
-        out["train/rows"] = float(n * self.cfg.ppo.epochs)
+        out["train/rows"] = float(rows_used)
         return out
 
     def update_kl(self, mean_seq_kl: float, n_samples: int) -> None:
