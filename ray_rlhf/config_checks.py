@@ -2,7 +2,9 @@
 
 `RLHFConfig.__post_init__` runs `check_combinations`, so a bad combination is a
 `ConfigError` naming the dotted keys (and, where one exists, a value that works) before any
-work starts. Checks inside one section live in that section's `__post_init__`.
+work starts. Checks inside one section live in that section's `__post_init__`. Checks that
+hold for one stage only (`check_segment_reward`: PPO's reward) run in that stage's
+`ray_rlhf.loops.preflight`, still before Ray starts.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from ray_rlhf.typed_config import check
 
 if TYPE_CHECKING:
     from ray_rlhf.config import RLHFConfig
+
+
+SEGMENT_ADVANTAGES = ("gae", "reinforce_pp")
+"""The `ppo.advantage` estimators that use per-token rewards (the others sum them per
+sequence, which turns segment / token rewards back into a bandit reward)."""
 
 
 def requested_cpus(cfg: RLHFConfig) -> int:
@@ -70,6 +77,36 @@ def check_combinations(cfg: RLHFConfig) -> None:
     check_iterate(cfg)
 
 
+def check_segment_reward(cfg: RLHFConfig) -> None:
+    """What PPO's segment / token rewards (`segment.reward_granularity`) need from the
+    reward and the advantage estimator.
+
+    Not part of `check_combinations`: a config that trains a per-position reward model
+    (`train-rm rm.head=per_position`) sets the granularity and leaves `reward` and `ppo` at
+    their defaults. `preflight` runs it for the stages that score rollouts, before Ray
+    starts; `ray_rlhf.reward.segments.check_segment_reward_model` then checks the reward
+    model itself.
+    """
+    granularity = cfg.segment.reward_granularity
+    if granularity == "bandit":
+        return
+    check(
+        cfg.reward.kind == "model",
+        "segment.reward_granularity",
+        f"{granularity!r} rewards are a per-position reward model's values, but "
+        f"reward.kind={cfg.reward.kind!r} (a rule) gives one score per response; set "
+        "reward.kind=model and reward.model_path to a reward model trained with "
+        "rm.head=per_position, or segment.reward_granularity=bandit",
+    )
+    check(
+        cfg.ppo.advantage in SEGMENT_ADVANTAGES,
+        "segment.reward_granularity",
+        f"{granularity!r} gives per-token rewards, but ppo.advantage={cfg.ppo.advantage!r} "
+        "sums them into one reward per sequence; set ppo.advantage=gae (or reinforce_pp), "
+        "or segment.reward_granularity=bandit",
+    )
+
+
 def check_iterate(cfg: RLHFConfig) -> None:
     """What `ray-rlhf iterate` (a set `iterate` section) cannot combine with."""
     it = cfg.iterate
@@ -90,6 +127,12 @@ def check_iterate(cfg: RLHFConfig) -> None:
         cfg.rm.head == "scalar",
         "rm.head",
         "iterate updates a scalar reward model (rm.head=scalar)",
+    )
+    check(
+        cfg.segment.reward_granularity == "bandit",
+        "segment.reward_granularity",
+        "must be 'bandit' under iterate: its PPO rounds score with the round's scalar reward "
+        "model (one score per response)",
     )
     check(
         not cfg.contrastive.enabled,

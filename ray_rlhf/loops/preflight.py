@@ -58,11 +58,14 @@ def preflight(
 
     Raises:
         DataValidationError: Naming file, row and field of bad or over-long rows.
-        ConfigError: Naming the keys of limits the model cannot hold, or (a
+        ConfigError: Naming the keys of limits the model cannot hold, of `segment.*`
+            settings PPO's reward cannot give (a rule, a scalar reward model, a
+            sequence-level advantage, another segmentation than the RM's), or (a
             `ConfigChangedError`) derived limits that differ from the ones of the
             unfinished run stored in `run_dir`.
-        ModelDirError: A model dir is missing or unusable.
-        ValueError: The reward rule cannot be imported or called as f(prompt, response).
+        ModelDirError: A model dir is missing, unusable, or has a truncated or corrupt
+            safetensors file.
+        RewardError: The reward rule cannot be imported or called as f(prompt, response).
     """
     from ray_rlhf.data.errors import DataValidationError
     from ray_rlhf.data.limits import resolve_token_limits
@@ -143,7 +146,12 @@ def chat_template_choice(mode: str, tokenizer: Any, model_dir: Path) -> str:
 
 
 def check_reward(cfg: RLHFConfig) -> None:
-    """The reward rule imports and takes (prompt, response), or the RM dir is loadable."""
+    """PPO's reward: `segment.*` fits it (a rule or a scalar RM gives no per-position
+    scores; `check_segment_reward_model` reads the RM's metadata), and the reward rule
+    imports and takes (prompt, response), or the RM dir is loadable."""
+    from ray_rlhf.reward.segments import check_segment_reward_model
+
+    check_segment_reward_model(cfg)
     if cfg.reward.kind == "rule":
         from ray_rlhf.reward.rules import load_rule
 

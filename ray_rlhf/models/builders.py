@@ -157,6 +157,24 @@ def check_reward_model_dir(
     return path
 
 
+def reward_head(model_dir: str | os.PathLike[str]) -> RewardHead:
+    """The head a saved reward model records (`config.ray_rlhf_head`); "scalar" when it
+    records none (a reward model trained elsewhere).
+
+    Raises:
+        ModelDirError: If the directory is not a valid model directory or records an
+            unknown head.
+    """
+    path, config = _validated(model_dir)
+    head = config.get(HEAD_CONFIG_KEY, "scalar")
+    if head not in get_args(RewardHead):
+        raise ModelDirError(
+            f"model dir {path}: config.json records {HEAD_CONFIG_KEY}={head!r}, not one of "
+            f"{list(get_args(RewardHead))}"
+        )
+    return head
+
+
 def load_policy(
     model_dir: str | os.PathLike[str],
     *,

@@ -195,9 +195,81 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+_MAX_HEADER_BYTES = 100_000_000
+"""The largest safetensors JSON header the format allows (safetensors' own limit)."""
+
+
+def _offsets_problem(header: dict[str, Any], data_bytes: int) -> str | None:
+    """What is wrong with a safetensors header's `data_offsets` for `data_bytes` bytes of
+    tensor data (None: the tensors cover exactly those bytes, as the format requires)."""
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        valid = (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        )
+        if not valid:
+            return f"tensor {name!r} has no valid data_offsets in the header"
+        end = max(end, offsets[1])
+    if end > data_bytes:
+        return f"the header indexes {end} bytes of tensor data, the file holds {data_bytes}"
+    if end < data_bytes:
+        return f"{data_bytes - end} bytes after the last tensor the header indexes"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file, from its header only (None: it looks whole).
+
+    The format: an 8-byte little-endian header length N, N bytes of a JSON object mapping
+    each tensor name to `{dtype, shape, data_offsets: [begin, end]}` (offsets into the data
+    that follows the header), then the tensor data. No tensor is read.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            return f"{size} bytes, too short for the 8-byte header length"
+        length = int.from_bytes(prefix, "little")
+        if length > min(size - 8, _MAX_HEADER_BYTES):
+            return f"a header length of {length} bytes, but the file has {size} bytes"
+        raw = f.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"the header is not JSON ({exc})"
+    if not isinstance(header, dict):
+        return "the header is not a JSON object"
+    return _offsets_problem(header, size - 8 - length)
+
+
+def _check_safetensors(path: Path) -> None:
+    """Checks every `*.safetensors` file's header against its size (truncated or corrupt
+    downloads and copies), reading headers only."""
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            problem = _safetensors_problem(weights)
+        except OSError as exc:
+            problem = f"unreadable ({exc})"
+        if problem is not None:
+            where = f"model dir {path}: weight file {weights.name}"
+            error = ModelDirError(f"{where} is truncated or corrupt: {problem}")
+            error.hint = (
+                f"Replace {weights}: download the model again (or copy it again in full), or "
+                "re-export it with save_pretrained(...), which writes *.safetensors."
+            )
+            raise error
+
+
 def _check_weights(path: Path) -> None:
-    """Checks that a model directory holds safetensors weights (and not only pickles)."""
+    """Checks that a model directory holds whole safetensors weights (not only pickles)."""
     if any(path.glob("*.safetensors")):
+        _check_safetensors(path)
         return
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
     if pickles:
@@ -220,8 +292,9 @@ def validate_model_dir(path: str | os.PathLike[str]) -> Path:
 
     Raises:
         ModelDirError: If the directory does not exist, has no or an invalid
-            `config.json`, or has no `*.safetensors` weights (pickle-only directories
-            are refused).
+            `config.json`, has no `*.safetensors` weights (pickle-only directories
+            are refused), or a safetensors file whose header does not fit its size
+            (truncated or corrupt; only the headers are read).
     """
     model_dir = Path(path).expanduser().resolve()
     if not model_dir.is_dir():

@@ -144,16 +144,14 @@ class ModelSource:
         trust_remote_code: bool,
         threads: int,
     ) -> None:
-        from ray_rlhf.models.builders import HEAD_CONFIG_KEY, load_reward_model, load_tokenizer
-        from ray_rlhf.models.checkpoint import load_json
+        from ray_rlhf.models.builders import load_reward_model, load_tokenizer, reward_head
 
         self.model_path = model_path
         self.threads = threads
         # A per-position (segment) RM scores its last token here too; `SegmentRewards`
         # then replaces that score with its segment rewards.
-        head = load_json(f"{model_path}/config.json").get(HEAD_CONFIG_KEY, "scalar")
         self.model = load_reward_model(
-            model_path, head=head, trust_remote_code=trust_remote_code
+            model_path, head=reward_head(model_path), trust_remote_code=trust_remote_code
         ).eval()
         self.model.requires_grad_(False)
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)

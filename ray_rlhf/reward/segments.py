@@ -33,8 +33,11 @@ from ray_rlhf.algo.segments import (
     segment_lengths,
     segment_positions,
 )
-from ray_rlhf.config import RLHFConfig
+from ray_rlhf.config import ConfigError, RLHFConfig
+from ray_rlhf.config_checks import check_segment_reward
+from ray_rlhf.models.checkpoint import METADATA_FILE, ModelDirError, load_json
 from ray_rlhf.reward.scorer import RewardContext, Rewards
+from ray_rlhf.typed_config import check
 
 ROWS_PER_FORWARD = 64
 """Rows per reference-model forward (bounds the (B, T, V) logits memory)."""
@@ -143,18 +146,22 @@ def add_pair_segment_ends(
 
 
 def read_segment_metadata(rm_dir: str | Path) -> dict[str, Any]:
-    """The RM's segmentation record; raises ValueError naming what to run when missing."""
-    from ray_rlhf.models.checkpoint import METADATA_FILE, load_json
+    """The RM's segmentation record.
 
+    Raises:
+        ConfigError: Naming `reward.model_path` and what to run, when the RM's
+            `ray_rlhf.json` records no per-position head or no fitted normalizer.
+    """
     path = Path(rm_dir) / METADATA_FILE
     meta = load_json(path) if path.is_file() else {}
     record = meta.get(METADATA_KEY)
-    if meta.get("head") != "per_position" or record is None or "normalizer" not in record:
-        raise ValueError(
-            f"reward model {rm_dir}: no fitted segment normalizer in {METADATA_FILE} (head "
-            f"{meta.get('head')!r}); train it with rm.head=per_position and run "
-            "`ray-rlhf fit-segment-normalizer reward.model_path=...`"
-        )
+    check(
+        meta.get("head") == "per_position" and record is not None and "normalizer" in record,
+        "reward.model_path",
+        f"reward model {rm_dir} has no fitted segment normalizer in {METADATA_FILE} (head "
+        f"{meta.get('head')!r}); train it with rm.head=per_position, or run "
+        f"`ray-rlhf fit-segment-normalizer reward.model_path={rm_dir}`",
+    )
     return record
 
 
@@ -260,60 +267,106 @@ def segment_batch_metrics(diagnostics: dict[str, torch.Tensor]) -> dict[str, flo
     return out
 
 
-def build_segment_transform(cfg: RLHFConfig, threads: int = 1) -> SegmentRewards | None:
-    """The PPO segment transform `cfg` asks for (None for bandit rewards), checked in the
-    driver against the reward model's metadata.
+def check_segment_reward_model(cfg: RLHFConfig) -> dict[str, Any] | None:
+    """Checks `segment.*` against PPO's reward and its reward model's metadata
+    (`config.json`, `ray_rlhf.json`; no weights are read); returns the RM's segmentation
+    record, or None for bandit rewards. `preflight` runs it before Ray starts.
 
     Raises:
-        ValueError: Segment / token rewards without a per-position reward model, without a
-            fitted normalizer, with another threshold than the RM's, with a reference whose
-            tokenizer changed, or with a sequence-level advantage; or bandit rewards with a
-            per-position reward model.
+        ConfigError: Naming the key: segment / token rewards from a rule or with a
+            sequence-level advantage (`check_segment_reward`), from a scalar reward model,
+            from one without a fitted normalizer, with another threshold than the RM's, or
+            with a reference whose tokenizer changed or that is not `model.path`; or bandit
+            rewards from a per-position reward model.
+        ModelDirError: `reward.model_path` is not a valid model directory.
     """
-    from ray_rlhf.models.builders import load_tokenizer
-    from ray_rlhf.models.checkpoint import METADATA_FILE, load_json
+    from ray_rlhf.models.builders import reward_head
 
-    granularity = cfg.segment.reward_granularity
-    path = cfg.reward.model_path
-    if granularity == "bandit":
-        meta_file = Path(path) / METADATA_FILE if path else None
-        if meta_file is not None and meta_file.is_file():
-            if load_json(meta_file).get("head") == "per_position":
-                raise ValueError(
-                    f"reward model {path} is per_position; set segment.reward_granularity "
-                    "to 'segment' or 'token' (bandit rewards need a scalar reward model)"
-                )
-        return None
+    check_segment_reward(cfg)  # the config alone: rule rewards, sequence-level advantages
+    granularity, path = cfg.segment.reward_granularity, cfg.reward.model_path
     if cfg.reward.kind != "model" or path is None:
-        raise ValueError(f"segment.reward_granularity={granularity!r} needs reward.kind=model")
-    if cfg.ppo.advantage not in ("gae", "reinforce_pp"):
-        raise ValueError(
-            f"segment.reward_granularity={granularity!r} gives per-token rewards; "
-            f"ppo.advantage={cfg.ppo.advantage!r} sums them per sequence (use gae)"
+        return None  # bandit with a rule (check_segment_reward refused the rest)
+    head = reward_head(path)
+    if granularity == "bandit":
+        check(
+            head == "scalar",
+            "segment.reward_granularity",
+            f"'bandit' scores a response by the reward model's value at its last token, but "
+            f"reward.model_path {path} is a per_position reward model (trained for segment "
+            "rewards); set segment.reward_granularity to 'segment' or 'token' as it was "
+            "trained, or use a scalar reward model",
         )
+        return None
+    check(
+        head == "per_position",
+        "segment.reward_granularity",
+        f"{granularity!r} needs a reward model with a value at every position, but "
+        f"reward.model_path {path} is a scalar reward model (one score per response); set "
+        "segment.reward_granularity=bandit, or train a per-position reward model (`ray-rlhf "
+        f"train-rm rm.head=per_position segment.reward_granularity={granularity}`)",
+    )
     record = read_segment_metadata(path)
-    threshold = segmentation_threshold(cfg)
-    if record["threshold"] != threshold:
-        raise ValueError(
-            f"reward model {path} was segmented with threshold c={record['threshold']}, but "
-            f"segment.reward_granularity={granularity!r} / segment.threshold give c={threshold};"
-            " segmentation must match between RM training and PPO"
-        )
+    _check_segmentation(cfg, path, record)
+    return record
+
+
+def _check_segmentation(cfg: RLHFConfig, rm_dir: str, record: dict[str, Any]) -> None:
+    """PPO segments as the reward model was trained and normalized: the same threshold c,
+    the same reference model (`model.path`) and reference tokenizer."""
+    from ray_rlhf.models.builders import load_tokenizer
+
+    granularity, threshold = cfg.segment.reward_granularity, segmentation_threshold(cfg)
+    check(
+        record["threshold"] == threshold,
+        "segment.threshold" if granularity == "segment" else "segment.reward_granularity",
+        f"reward model {rm_dir} was segmented with threshold c={record['threshold']}, but "
+        f"segment.reward_granularity={granularity!r} / segment.threshold give c={threshold}; "
+        f"segmentation must match between RM training and PPO: {_matching_segmentation(record)}",
+    )
     reference = record["reference_dir"]
-    tokenizer = load_tokenizer(reference, trust_remote_code=cfg.model.trust_remote_code)
-    if tokenizer_fingerprint(tokenizer) != record["tokenizer"]:
-        raise ValueError(
-            f"reference model {reference}: its tokenizer differs from the one reward model "
-            f"{path} was segmented with"
-        )
-    if cfg.model.path is not None and Path(cfg.model.path).resolve() != Path(reference):
-        raise ValueError(
-            f"model.path {cfg.model.path} is not the reference {reference} reward model "
-            f"{path} was segmented with"
-        )
+    try:
+        tokenizer = load_tokenizer(reference, trust_remote_code=cfg.model.trust_remote_code)
+    except ModelDirError as error:
+        raise ConfigError(
+            f"reward.model_path: reward model {rm_dir} was segmented with reference model "
+            f"{reference} (its {METADATA_FILE} says so), which is unusable now: {error}"
+        ) from error
+    check(
+        tokenizer_fingerprint(tokenizer) == record["tokenizer"],
+        "reward.model_path",
+        f"the tokenizer of reference model {reference} differs from the one reward model "
+        f"{rm_dir} was segmented with; restore that model as it was, or train the reward "
+        "model again from the current one",
+    )
+    check(
+        cfg.model.path is None or Path(cfg.model.path).resolve() == Path(reference),
+        "model.path",
+        f"{cfg.model.path} is not the reference {reference} reward model {rm_dir} was "
+        "segmented with; set model.path to it (PPO must start from the policy the segments "
+        "were cut with)",
+    )
+
+
+def _matching_segmentation(record: dict[str, Any]) -> str:
+    """The `segment.*` settings that give the threshold a reward model was segmented with."""
+    if record["threshold"] == 0:
+        return "set segment.reward_granularity=token"
+    return f"set segment.reward_granularity=segment and segment.threshold={record['threshold']}"
+
+
+def build_segment_transform(cfg: RLHFConfig, threads: int = 1) -> SegmentRewards | None:
+    """The PPO segment transform `cfg` asks for (None for bandit rewards).
+
+    Raises:
+        ConfigError: If `segment.*` does not fit the reward (`check_segment_reward_model`,
+            which `preflight` ran before Ray started).
+    """
+    record = check_segment_reward_model(cfg)
+    if record is None:
+        return None
     return SegmentRewards(
-        reference_dir=reference,
-        threshold=threshold,
+        reference_dir=record["reference_dir"],
+        threshold=segmentation_threshold(cfg),
         normalizer=LocationNormalizer(**record["normalizer"]),
         min_std=cfg.segment.min_std,
         threads=threads,

@@ -60,6 +60,10 @@ def test_the_command_sets_the_section_and_meta_rm_needs_no_responses_file():
         (["rm.init_path=runs/rm/reward_model"], r"rm\.init_path: .* reward\.model_path"),
         (["contrastive.enabled=true", "contrastive.baselines_path=b"], "contrastive.enabled"),
         (["rm.head=per_position", "segment.reward_granularity=token"], r"rm\.head: .*scalar"),
+        (
+            ["segment.reward_granularity=segment", "ppo.advantage=gae"],
+            r"segment\.reward_granularity: must be 'bandit' under iterate",
+        ),
         ([*META, "iterate.samples_per_prompt=2"], r"iterate\.samples_per_prompt: 2 .* rm\.meta\.k"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -310,6 +311,53 @@ def test_validate_model_dir_errors(policy_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelDirError, match="pickle"):
         load_policy(empty)
     assert validate_model_dir(policy_dir) == policy_dir.resolve()
+
+
+def _with_length(header: bytes) -> bytes:
+    """A safetensors-like file: the 8-byte little-endian length, then `header`, no data."""
+    return len(header).to_bytes(8, "little") + header
+
+
+# The real file is 8 + header + 48 tensor bytes; each case damages it as a bad download or
+# copy would (truncated, a server's error page, a header that is not the format's).
+_DAMAGED = {
+    "truncated": (lambda whole: whole[:-10], "indexes 48 bytes of tensor data, the file holds 38"),
+    "header cut": (lambda whole: whole[:40], r"a header length of \d+ bytes, but the file has 40"),
+    "8 bytes short": (lambda whole: whole[:5], "5 bytes, too short for the 8-byte header length"),
+    "trailing bytes": (lambda whole: whole + bytes(4), "4 bytes after the last tensor"),
+    "garbage": (lambda whole: b"<html>Not Found</html>" * 20, "a header length of"),
+    "not json": (lambda whole: _with_length(b"\xff{oops"), "the header is not JSON"),
+    "not an object": (lambda whole: _with_length(b"[1, 2]"), "the header is not a JSON object"),
+    "no offsets": (
+        lambda whole: _with_length(b'{"w": {"dtype": "F32"}}'),
+        "tensor 'w' has no valid data_offsets",
+    ),
+}
+
+
+@pytest.mark.parametrize(("damage", "problem"), list(_DAMAGED.values()), ids=list(_DAMAGED))
+def test_validate_model_dir_refuses_damaged_safetensors(tmp_path: Path, damage, problem) -> None:
+    from safetensors.torch import save_file
+
+    model = tmp_path / "model"
+    model.mkdir()
+    model = model.resolve()  # as validate_model_dir names it
+    (model / "config.json").write_text("{}")
+    weights = model / "model-00002-of-00002.safetensors"
+    save_file({"w": torch.randn(2, 4), "b": torch.zeros(4)}, str(weights))
+    save_file({"x": torch.zeros(1)}, str(model / "model-00001-of-00002.safetensors"))
+    assert validate_model_dir(model) == model.resolve()  # whole files pass
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(ModelDirError) as caught:
+        validate_model_dir(model)
+    message = str(caught.value)
+    assert message.startswith(
+        f"model dir {model}: weight file {weights.name} is truncated or corrupt: "
+    )
+    assert re.search(problem, message)
+    assert caught.value.hint.startswith(f"Replace {weights}: download the model again")
+    with pytest.raises(Exception):  # noqa: B017 - safetensors itself refuses every case
+        safe_open(str(weights), framework="pt")
 
 
 def test_tensors_round_trip_with_shared_storage(tmp_path: Path) -> None:

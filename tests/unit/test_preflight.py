@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 
 from ray_rlhf.config import ConfigError, DataConfig, load_config
 from ray_rlhf.data import DataValidationError
@@ -89,7 +91,7 @@ def test_unresolved_limits_are_refused_where_they_are_read():
 
 def test_max_positions_reads_config_json(tmp_path: Path):
     (tmp_path / "config.json").write_text(json.dumps({"n_positions": 1024}))
-    (tmp_path / "model.safetensors").write_bytes(b"")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))  # headers are read
     assert max_positions(tmp_path) == 1024
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
     assert max_positions(tmp_path) is None
@@ -321,6 +323,101 @@ def test_rm_init_path_must_be_a_reward_model_of_the_policy_vocabulary(tmp_path, 
         check(reward_model(chat_model, "segment_rm", head="per_position"))
     with pytest.raises(ConfigError, match=r"rm\.init_path: .* another vocabulary"):
         check(reward_model(other_words, "other_rm"))
+
+
+@pytest.fixture(scope="module")
+def reward_models(chat_model, tmp_path_factory) -> dict[str, Path]:
+    """A scalar and a per-position reward model of the chat model (no segment normalizer)."""
+    from ray_rlhf.models.builders import load_reward_model, load_tokenizer
+    from ray_rlhf.models.checkpoint import save_hf_model
+
+    root = tmp_path_factory.mktemp("reward_models")
+    tokenizer = load_tokenizer(chat_model)
+
+    def save(head: str) -> Path:
+        rm = load_reward_model(chat_model, head=head)
+        return save_hf_model(rm, tokenizer, root / head, metadata={"head": head})
+
+    return {head: save(head) for head in ("scalar", "per_position")}
+
+
+@pytest.mark.parametrize(
+    ("reward", "overrides", "pattern"),
+    [
+        (
+            None,
+            ["segment.reward_granularity=segment", "ppo.advantage=gae"],
+            r"^segment\.reward_granularity: 'segment' rewards are a per-position reward model's "
+            r"values, but reward\.kind='rule' \(a rule\) gives one score per response; set",
+        ),
+        (
+            "per_position",
+            ["segment.reward_granularity=token", "ppo.advantage=rloo"],
+            r"^segment\.reward_granularity: 'token' gives per-token rewards, but "
+            r"ppo\.advantage='rloo'",
+        ),
+        (
+            "scalar",
+            ["segment.reward_granularity=token", "ppo.advantage=gae"],
+            r"^segment\.reward_granularity: 'token' needs a reward model with a value at every "
+            r"position, but reward\.model_path .*/scalar is a scalar reward model",
+        ),
+        (
+            "per_position",
+            ["segment.reward_granularity=bandit"],
+            r"^segment\.reward_granularity: 'bandit' .*/per_position is a per_position reward",
+        ),
+        (
+            "per_position",
+            ["segment.reward_granularity=segment", "ppo.advantage=gae"],
+            r"^reward\.model_path: reward model .*/per_position has no fitted segment normalizer",
+        ),
+    ],
+    ids=["rule", "rloo", "scalar RM", "bandit with a per_position RM", "no normalizer"],
+)
+def test_segment_rewards_that_cannot_work_stop_preflight(
+    tmp_path, chat_model, reward_models, reward, overrides, pattern
+):
+    prompts = chat_prompts(tmp_path / "prompts.jsonl", 10)
+    model = ["reward.kind=model", f"reward.model_path={reward_models[reward]}"] if reward else []
+    cfg = ppo_config(tmp_path, chat_model, prompts, *model, *overrides)
+    with pytest.raises(ConfigError, match=pattern):
+        preflight(cfg, prepare_run_dir(cfg), ("ppo",))
+
+
+def test_a_per_position_rm_config_passes_the_rm_stage(tmp_path, chat_model):
+    """RM training reads the segmentation but not `reward` / `ppo`, which stay at defaults."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "sort the list", "chosen": "1 2 3", "rejected": f"3 2 {i}"} for i in (1, 2)]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cfg = load_config(
+        None,
+        [
+            f"run.output_dir={tmp_path / 'runs'}",
+            f"model.path={chat_model}",
+            f"data.preferences_path={pairs}",
+            "learner.num_workers=1",
+            "rm.head=per_position",
+            "segment.reward_granularity=segment",
+        ],
+    )
+    assert (cfg.reward.kind, cfg.ppo.advantage) == ("rule", "rloo")
+    preflight(cfg, prepare_run_dir(cfg), ("rm",))
+
+
+def test_a_truncated_weight_file_stops_preflight(tmp_path, chat_model):
+    import shutil
+
+    from ray_rlhf.models import ModelDirError
+
+    model = tmp_path / "model"
+    shutil.copytree(chat_model, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    prompts = chat_prompts(tmp_path / "prompts.jsonl", 10)
+    cfg = ppo_config(tmp_path, model, prompts)
+    with pytest.raises(ModelDirError, match=r"model\.safetensors is truncated or corrupt"):
+        preflight(cfg, prepare_run_dir(cfg), ("ppo",))
 
 
 def test_ppo_job_with_bad_prompts_fails_before_ray_and_before_sft(tmp_path):

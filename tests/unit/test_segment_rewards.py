@@ -1,17 +1,20 @@
 """Segment rewards around the tiny model: entropies, pair segmentation, the normalizer
-record, the PPO transform inside `RewardScorer`, and the config / metadata checks."""
+record, the PPO transform inside `RewardScorer`, and the config / metadata checks (which
+`preflight` runs before Ray starts)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import pickle
+import shutil
 
 import pytest
 import torch
 from toy_batches import token_batch
 
 from ray_rlhf.config import ConfigError, load_config
+from ray_rlhf.config_checks import check_segment_reward
 from ray_rlhf.data import toyworld
 from ray_rlhf.loops.rm import tokenize_pairs
 from ray_rlhf.loops.segment_normalizer import fit_and_store, segment_pairs
@@ -23,6 +26,7 @@ from ray_rlhf.reward.scorer import RewardScorer
 from ray_rlhf.reward.segments import (
     SegmentRewards,
     build_segment_transform,
+    check_segment_reward_model,
     segment_batch_metrics,
     token_entropies,
 )
@@ -119,17 +123,94 @@ def test_transform_in_the_scorer_gives_dense_rewards(dirs):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["segment.threshold=2.0"], "segmented with threshold c=1.5"),
-        (["segment.reward_granularity=token"], "segmented with threshold c=1.5"),
-        (["segment.reward_granularity=bandit"], "is per_position"),
-        (["ppo.advantage=rloo"], "use gae"),
+        (
+            ["segment.threshold=2.0"],
+            r"^segment\.threshold: reward model .* was segmented with threshold c=1\.5, but .* "
+            r"give c=2\.0; .* set segment\.reward_granularity=segment and segment\.threshold=1\.5",
+        ),
+        (
+            ["segment.reward_granularity=token"],
+            r"^segment\.reward_granularity: reward model .* segmented with threshold c=1\.5",
+        ),
+        (
+            ["segment.reward_granularity=bandit"],
+            r"^segment\.reward_granularity: 'bandit' .* is a per_position reward model",
+        ),
+        (
+            ["ppo.advantage=rloo"],
+            r"^segment\.reward_granularity: 'segment' gives per-token rewards, but "
+            r"ppo\.advantage='rloo' sums them .*; set ppo\.advantage=gae",
+        ),
+        (
+            ["reward.kind=rule"],
+            r"^segment\.reward_granularity: 'segment' rewards are a per-position reward "
+            r"model's values, but reward\.kind='rule'",
+        ),
+        (["model.path=/elsewhere"], r"^model\.path: /elsewhere is not the reference"),
     ],
 )
-def test_mismatches_with_the_reward_model_are_errors(dirs, extra, message):
+def test_mismatches_with_the_reward_model_are_config_errors(dirs, extra, message):
     root, _, _, rm_dir, *_ = dirs
     cfg = _cfg(root, "reward.kind=model", f"reward.model_path={rm_dir}", *extra)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
+        check_segment_reward_model(cfg)
+    with pytest.raises(ConfigError, match=message):  # the transform is never built past it
         build_segment_transform(cfg)
+
+
+def test_a_scalar_reward_model_gives_no_segment_rewards(dirs, tmp_path):
+    root, tokenizer, policy, *_ = dirs
+    scalar = save_hf_model(load_reward_model(policy), tokenizer, tmp_path / "scalar")
+    for granularity in ("segment", "token"):
+        cfg = _cfg(
+            root,
+            "reward.kind=model",
+            f"reward.model_path={scalar}",
+            f"segment.reward_granularity={granularity}",
+        )
+        with pytest.raises(
+            ConfigError,
+            match=rf"^segment\.reward_granularity: '{granularity}' needs a reward model with a "
+            r"value at every position, but reward\.model_path .* is a scalar reward model",
+        ):
+            check_segment_reward_model(cfg)
+    bandit = _cfg(
+        root,
+        "reward.kind=model",
+        f"reward.model_path={scalar}",
+        "segment.reward_granularity=bandit",
+    )
+    assert check_segment_reward_model(bandit) is None
+    assert build_segment_transform(bandit) is None
+
+
+def _edited_rm(rm_dir, out, **record):
+    """A copy of `rm_dir` whose segmentation record has `record`'s entries replaced."""
+    copy = out / "rm"
+    shutil.copytree(rm_dir, copy)
+    meta = json.loads((copy / "ray_rlhf.json").read_text())
+    meta["segment"] |= record
+    (copy / "ray_rlhf.json").write_text(json.dumps(meta))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"tokenizer": "0" * 16}, r"^reward\.model_path: the tokenizer of reference model"),
+        (
+            {"reference_dir": "/no/such/reference"},
+            r"^reward\.model_path: reward model .* was segmented with reference model "
+            r"/no/such/reference .* unusable now: model dir /no/such/reference does not exist",
+        ),
+    ],
+)
+def test_a_changed_reference_model_is_a_config_error(dirs, tmp_path, record, message):
+    root, _, _, rm_dir, *_ = dirs
+    edited = _edited_rm(rm_dir, tmp_path, **record)
+    cfg = _cfg(root, "reward.kind=model", f"reward.model_path={edited}")
+    with pytest.raises(ConfigError, match=message):
+        check_segment_reward_model(cfg)
 
 
 def test_an_rm_without_a_normalizer_is_an_error(dirs, tmp_path):
@@ -137,7 +218,7 @@ def test_an_rm_without_a_normalizer_is_an_error(dirs, tmp_path):
     rm = load_reward_model(policy, head="per_position")
     bare = save_hf_model(rm, tokenizer, tmp_path / "bare", metadata={"head": "per_position"})
     cfg = _cfg(root, "reward.kind=model", f"reward.model_path={bare}")
-    with pytest.raises(ValueError, match="fit-segment-normalizer"):
+    with pytest.raises(ConfigError, match=r"^reward\.model_path: .* fit-segment-normalizer"):
         build_segment_transform(cfg)
 
 
@@ -146,5 +227,26 @@ def test_config_checks():
         load_config(None, ["rm.head=per_position"])
     with pytest.raises(ConfigError, match="threshold"):
         load_config(None, ["segment.threshold=-1"])
+    # A config that trains a per-position RM: `reward` and `ppo` keep their defaults ...
     cfg = load_config(None, ["rm.head=per_position", "segment.reward_granularity=token"])
     assert dataclasses.asdict(cfg.segment)["reward_granularity"] == "token"
+    # ... so what PPO's segment rewards need is checked for the PPO stages only.
+    with pytest.raises(ConfigError, match=r"^segment\.reward_granularity: 'token' rewards"):
+        check_segment_reward(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (["reward.kind=rule", "ppo.advantage=gae"], r"reward\.kind='rule' \(a rule\) gives one"),
+        (["ppo.advantage=rloo"], r"ppo\.advantage='rloo' sums them"),
+        (["ppo.advantage=grpo"], r"ppo\.advantage='grpo' sums them"),
+    ],
+)
+def test_segment_rewards_need_a_model_reward_and_per_token_advantages(overrides, pattern):
+    model = ["reward.kind=model", "reward.model_path=/rm", "segment.reward_granularity=segment"]
+    with pytest.raises(ConfigError, match=rf"^segment\.reward_granularity: .*{pattern}"):
+        check_segment_reward(load_config(None, [*model, *overrides]))
+    for advantage in ("gae", "reinforce_pp"):
+        check_segment_reward(load_config(None, [*model, f"ppo.advantage={advantage}"]))
+    check_segment_reward(load_config(None, ["segment.reward_granularity=bandit"]))
