@@ -1,9 +1,12 @@
 """Seconds per reward-model step with each Secrets-of-RLHF-II option (contrastive term, MetaRM)
-against plain BT: `RMLearner.train_step` on the toy world's pairs, world size 1, ZeRO-2, one
-thread, the same batches for every variant. Prints one JSON line per variant (median s/step
-after 2 warm-up steps, and the first / last metrics).
+against plain BT: `RMLearner.train_step` on the toy world's pairs, world size 1 (ZeRO-0, the
+default with one learner; `--set learner.zero_stage=2` for ZeRO-2), one thread, the same batches
+for every variant. Prints one JSON line per variant (median s/step after 2 warm-up steps, and
+the first / last metrics).
 
-`python -m benchmarks.rm_methods_cost --out runs/rm_cost --steps 40`
+`python -m benchmarks.rm_methods_cost --out runs/rm_cost --steps 40`; the testbed's model
+and batch: `--pairs 64 --set model.tiny.hidden_size=128 --set model.tiny.num_layers=4
+--set model.tiny.num_heads=4 --set model.tiny.intermediate_size=512`.
 """
 
 from __future__ import annotations
@@ -58,10 +61,16 @@ def main() -> None:
     parser.add_argument("--out", default="runs/rm_cost")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--pairs", type=int, default=32, help="pairs per step")
+    parser.add_argument(
+        "--set", action="append", default=[], help="a config override, e.g. model.tiny.num_layers=4"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    pairs = args.pairs
     base = [f"run.output_dir={args.out}", "run.name=rm_cost", "learner.num_workers=1"]
-    base += ["rm.batch_size=32", "rm.lr=0.003", "data.toyworld.n_sft=100"]
+    base += [f"rm.batch_size={pairs}", "rm.lr=0.003", "data.toyworld.n_sft=100"]
+    base += ["data.max_prompt_tokens=32", "data.max_response_tokens=16", *args.set]  # the toy's
     cfg = load_config(None, base)
     run_dir = cfg.run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -73,12 +82,12 @@ def main() -> None:
         vcfg = load_config(None, [*base, *VARIANTS[name], f"data.meta_responses_path={meta_path}"])
         torch.manual_seed(0)
         learner = RMLearner(
-            model_dir, vcfg.model, vcfg.learner, vcfg.rm, micro_batch_per_worker=32, seed=0
+            model_dir, vcfg.model, vcfg.learner, vcfg.rm, micro_batch_per_worker=pairs, seed=0
         )
         meta = load_meta_tensors(vcfg, model_dir)
         times, rows = [], []
         for step in range(args.steps):
-            idx = global_batch_indices(train["chosen_input_ids"].shape[0], 32, step, 0)
+            idx = global_batch_indices(train["chosen_input_ids"].shape[0], pairs, step, 0)
             meta_rows = None
             if meta is not None:
                 k, size = vcfg.rm.meta.k, vcfg.rm.meta.batch_size

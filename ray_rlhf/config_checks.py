@@ -176,6 +176,17 @@ def check_rm_methods(cfg: RLHFConfig) -> None:
         "use learner.zero_stage 0, 1 or 2, or kind simcse",
     )
     check(
+        not (
+            cfg.rm.contrastive.kind != "none"
+            and cfg.rm.contrastive.views == "forwards"
+            and zero == 3
+        ),
+        "rm.contrastive.views",
+        "forwards runs the two dropout views in a forward of their own next to the BT rows' "
+        "(two forwards per backward), which is not supported with learner.zero_stage=3; use "
+        "rm.contrastive.views=shared or learner.zero_stage 0, 1 or 2",
+    )
+    check(
         cfg.rm.contrastive.kind == "none"
         or cfg.rm.contrastive.target == "responses"
         or cfg.rm.batch_size // workers >= 2,

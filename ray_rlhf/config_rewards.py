@@ -34,13 +34,19 @@ class RMContrastiveConfig:
     """K, SwAV's learned prototypes (trained with the model, saved in its checkpoints, not
     exported with the reward model)."""
     dropout: float = 0.05
-    """Dropout applied to the pooled hidden state, independently for each view."""
+    """Dropout rate of the two views. `views: forwards`: every dropout of the model
+    (attention dropout and dropout modules, among them the one on the score head's input)
+    runs at this rate in the views' forward, whatever the model's config says; `views:
+    shared`: applied to the pooled state only, one mask per view."""
     views: Literal["forwards", "shared"] = "forwards"
-    """`forwards`: two extra train-mode passes of the rows, as in the paper (the backbone's
-    own dropout, if it has any, also differs between them), batched with the BT rows into
-    one forward; `shared`: both views from the BT rows' hidden states. With a backbone
-    without dropout (Llama, the toy model) the two give the same loss and gradients,
-    `shared` without the extra passes."""
+    """`forwards`, as in SimCSE and the paper: one extra train-mode forward of the rows twice
+    with every dropout at `dropout` (`forced_dropout`), so the two views differ inside the
+    network even on a backbone without dropout (Llama, SmolLM2, the toy model). The BT rows
+    keep a forward of their own at the model's own dropout (none on those models), so L_rm
+    is the plain loss. 3x a plain step's rows, in two forwards per backward: the learner
+    rejects it under ZeRO-3, and the views' forward runs without activation checkpointing.
+    `shared`: both views from the BT rows' pooled states, differing only by their dropout
+    masks on the pooled state; about the cost of plain BT, and works under ZeRO-3."""
 
     @property
     def weight(self) -> float:

@@ -40,6 +40,7 @@ from ray_rlhf.learner.rm_representation import (
     attach_prototypes,
     captured_inputs,
     contrastive_term,
+    forced_dropout,
 )
 from ray_rlhf.learning_rates import lr_for
 from ray_rlhf.models.builders import (
@@ -193,6 +194,22 @@ class RMLearner(SingleEngineLearner):
         )
         return scores, last_token_states(seen[0], mask) if states else None
 
+    def _views(self, rows: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two (N, H) dropout views of N rows' pooled states (SimCSE, Gao et al. 2021): one
+        forward of the rows twice with every dropout at `rm.contrastive.dropout`
+        (`forced_dropout`), so the views differ inside the network.
+
+        A forward of its own keeps the BT rows at the model's own dropout. It calls the bare
+        module: the engine then hooks its backward prologue onto the BT forward's outputs
+        only, once per `engine.backward` (why `config_checks` rejects it under ZeRO-3).
+        """
+        twice = {k: v.repeat(2, 1) for k, v in rows.items()}  # (2N, T)
+        with forced_dropout(self.engine.module, self.rm_cfg.contrastive.dropout):
+            _, pooled = self._forward(twice, states=True, engine=False)
+        assert pooled is not None  # states=True
+        view_1, view_2 = pooled.chunk(2)
+        return view_1, view_2
+
     def _scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(P,) chosen and (P,) rejected scores from one (2P, T) forward."""
         scores, _ = self._forward(stack_pairs(batch))
@@ -269,14 +286,10 @@ class RMLearner(SingleEngineLearner):
                 "rm/weight_max": float(weights.max() * pairs),
             }
         cl = self.rm_cfg.contrastive
+        shared = cl.kind != "none" and cl.views == "shared"
         rows = stack_pairs(batch)  # (2P, T)
-        if cl.kind != "none" and cl.views == "forwards":
-            # The two extra forwards of the views, batched with the BT rows into one call
-            # (3 copies of the rows, each with its own dropout): one forward per backward,
-            # which ZeRO-3 needs.
-            rows = {k: v.repeat(3, 1) for k, v in rows.items()}  # (3 2P, T)
-        scores, pooled = self._forward(rows, states=cl.kind != "none")
-        chosen, rejected = scores[: 2 * pairs].float().chunk(2)
+        scores, pooled = self._forward(rows, states=shared)  # the model's own dropout
+        chosen, rejected = scores.float().chunk(2)
         trained_chosen, trained_rejected = apply_flip(chosen, rejected, terms.flip)
         if margin is None and bool(terms.margin.any()):
             margin = terms.margin
@@ -294,9 +307,11 @@ class RMLearner(SingleEngineLearner):
             "rm/flipped": float(terms.flip.float().mean()),
         }
         if cl.kind != "none":
-            assert pooled is not None
-            blocks = pooled.split(2 * pairs)  # (2P, H) each: BT rows [, view 1, view 2]
-            view_1, view_2 = blocks[1:] if cl.views == "forwards" else (blocks[0], blocks[0])
+            if shared:
+                assert pooled is not None  # states=shared
+                view_1 = view_2 = pooled  # (2P, H); contrastive_term draws the two masks
+            else:
+                view_1, view_2 = self._views(rows)  # (2P, H) each
             swav = cl.kind == "swav"
             prototypes = self.engine.module.get_parameter(PROTOTYPES_KEY) if swav else None
             term, term_metrics = contrastive_term(cl, view_1, view_2, prototypes)

@@ -55,6 +55,47 @@ def captured_inputs(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+_DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
+
+
+@contextmanager
+def forced_dropout(model: torch.nn.Module, p: float) -> Iterator[None]:
+    """Run every dropout of `model` at rate `p` inside the block, whatever its config says.
+
+    Sets the `p` of each dropout module (e.g. the one before a token-classification score
+    head) and each numeric `attention_dropout` attribute: HF attention modules of the Llama
+    family (Llama, Qwen2, Mistral, SmolLM2) read it on every call, and it is their only
+    dropout (transformers 5.x `LlamaAttention.forward` passes `dropout=self.attention_dropout`
+    in train mode to the attention function). Activation checkpointing is off inside the
+    block (each module's `gradient_checkpointing` flag): its recompute would run in the
+    backward, after the block, at the original rates (on the tiny Llama a CheckpointError,
+    elsewhere possibly the gradients of another forward, silently). A model without any of
+    these attributes runs unchanged. Everything is restored on exit, also on an exception.
+    Dropout acts in train mode only.
+
+    Args:
+        model: The bare module (not a DeepSpeed engine).
+        p: Dropout rate in [0, 1).
+    """
+    changes: list[tuple[torch.nn.Module, str, object, object]] = []  # module, name, own, forced
+    for module in model.modules():
+        own = vars(module)  # plain attributes only: submodules and properties are not in it
+        if isinstance(module, _DROPOUTS):
+            changes.append((module, "p", module.p, p))
+        rate = own.get("attention_dropout")
+        if isinstance(rate, int | float) and not isinstance(rate, bool):
+            changes.append((module, "attention_dropout", rate, p))
+        if own.get("gradient_checkpointing") is True:
+            changes.append((module, "gradient_checkpointing", True, False))
+    try:
+        for module, name, _, forced in changes:
+            setattr(module, name, forced)
+        yield
+    finally:
+        for module, name, original, _ in changes:
+            setattr(module, name, original)
+
+
 def contrastive_term(
     cfg: RMContrastiveConfig,
     pooled_1: torch.Tensor,
@@ -63,9 +104,10 @@ def contrastive_term(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L_cl between two views of the pooled states of P pairs, and its metrics.
 
-    Each view is its pooled states under its own dropout mask (`cfg.dropout`, applied
-    here whatever dropout the backbone has). With `target: differences` a pair's row is
-    h_chosen - h_rejected of the same view.
+    With `views: forwards` the two views come from a forward under `forced_dropout` and are
+    used as they are. With `views: shared` both are the BT rows' pooled states, and each
+    view gets its own dropout mask (`cfg.dropout`) here. With `target: differences` a
+    pair's row is h_chosen - h_rejected of the same view.
 
     Args:
         cfg: `rm.contrastive` (kind other than `none`).
@@ -78,8 +120,10 @@ def contrastive_term(
         `rm/representation_alignment` (mean cosine of the two views) and `rm/uniformity`
         (of view 1; NaN with fewer than 2 rows).
     """
-    h1 = F.dropout(pooled_1.float(), cfg.dropout, training=True)
-    h2 = F.dropout(pooled_2.float(), cfg.dropout, training=True)
+    h1, h2 = pooled_1.float(), pooled_2.float()
+    if cfg.views == "shared":  # the views differ only by these two masks
+        h1 = F.dropout(h1, cfg.dropout, training=True)
+        h2 = F.dropout(h2, cfg.dropout, training=True)
     if cfg.target == "differences":
         h1, h2 = (chosen - rejected for chosen, rejected in (h1.chunk(2), h2.chunk(2)))
     if cfg.kind == "swav":

@@ -212,6 +212,8 @@ def test_rm_contrastive_and_meta_sections():
     assert load_config(None).rm.contrastive.weight == 0.0
     meta = ["rm.meta.enabled=true", "data.meta_responses_path=m.jsonl"]
     assert load_config(None, [*meta, "learner.zero_stage=2"]).rm.meta.k == 4
+    shared = ["rm.contrastive.kind=simcse", "rm.contrastive.views=shared"]
+    assert load_config(None, [*shared, "learner.zero_stage=3"]).rm.contrastive.views == "shared"
 
 
 @pytest.mark.parametrize(
@@ -236,6 +238,10 @@ def test_rm_contrastive_and_meta_sections():
         (
             ["rm.contrastive.kind=swav", "learner.zero_stage=3"],
             r"rm\.contrastive\.kind: swav .* ZeRO-3",
+        ),
+        (
+            ["rm.contrastive.kind=simcse", "learner.zero_stage=3"],
+            r"rm\.contrastive\.views: forwards .* learner\.zero_stage=3",
         ),
         (
             ["rm.contrastive.kind=simcse", "rm.contrastive.target=differences", "rm.batch_size=2"],
