@@ -57,11 +57,18 @@ def kill_self_if_asked(control_path: Path, key: str, point: object) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_actors_if_asked(control_path: Path, key: str, point: int) -> None:
+def kill_actors_if_asked(
+    control_path: Path, key: str, point: int, *, busy_cpu_s: float = 0.0
+) -> None:
     """If `control_path` has `key: {point: ActorClassName, ...}` and the entry for `point`
     has not fired yet, SIGKILL the processes of every live actor of that class on this node
     and wait until Ray has seen them die (restarting, dead, or alive in a new process), so
-    the next call to them meets the fault. Records `<control_path>.<key>_<point>_fired`.
+    the next call to them meets the fault. Records `<control_path>.<key>_<point>_fired`
+    (the pids, then a `killed <pid> cpu_s <seconds>` line per kill).
+
+    With `busy_cpu_s` > 0 (a task was just submitted to them), each process is killed once
+    it has used that much CPU since this call (at most 10 s later): inside the task, so the
+    caller meets a task that fails in flight.
 
     The actor table comes from the GCS (`ray._private.state`: the embedded cluster has no
     dashboard for the state API); single-machine fault tests only.
@@ -73,13 +80,34 @@ def kill_actors_if_asked(control_path: Path, key: str, point: int) -> None:
     pids = live_actor_pids(str(wanted[point]))
     fired.write_text(f"{wanted[point]} pids {pids}\n")
     for pid in pids:
+        used = _wait_busy(pid, busy_cpu_s) if busy_cpu_s > 0 else 0.0
         os.kill(pid, signal.SIGKILL)
-    logger.warning("chaos: killed %s processes %s before iteration %d", wanted[point], pids, point)
+        with fired.open("a") as f:
+            f.write(f"killed {pid} cpu_s {used:.3f}\n")
+        logger.warning(
+            "chaos: killed %s process %d %s iteration %d (%.2f s CPU into its task)",
+            wanted[point], pid, "during" if busy_cpu_s > 0 else "before", point, used,
+        )  # fmt: skip
     deadline = time.monotonic() + 60
     while set(pids) & set(live_actor_pids(str(wanted[point]))):
         if time.monotonic() > deadline:
             raise TimeoutError(f"chaos: Ray still lists {pids} as alive after 60 s")
         time.sleep(0.1)
+
+
+def _wait_busy(pid: int, cpu_s: float, timeout_s: float = 10.0) -> float:
+    """Wait until process `pid` has used `cpu_s` seconds of CPU since the call (or
+    `timeout_s` passed); returns the CPU seconds it used."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    start = sum(proc.cpu_times()[:2])
+    deadline = time.monotonic() + timeout_s
+    used = 0.0
+    while used < cpu_s and time.monotonic() < deadline:
+        time.sleep(0.005)
+        used = sum(proc.cpu_times()[:2]) - start
+    return used
 
 
 def live_actor_pids(class_name: str) -> list[int]:

@@ -56,6 +56,15 @@ _UNPLACED: dict[Path, int] = {}
 Lives in rank 0's process; a restarted worker group tries once more."""
 
 
+def chaos_in_flight(control_path: Path, it: int) -> None:
+    """Rank 0, right after submitting iteration `it + 1`'s generation:
+    `kill_actors_in_flight_at_iteration: {k: RolloutActor}` SIGKILLs that class's actors
+    once each is 50 ms of CPU into the generation, so the pool meets a task that dies in
+    flight (fault tests)."""
+    kill_actors_if_asked(control_path, "kill_actors_in_flight_at_iteration", it + 1,
+                         busy_cpu_s=0.05)  # fmt: skip
+
+
 def chaos_hooks(control_path: Path, it: int, rank: int) -> None:
     """Fault-test hooks (`ray_rlhf.chaos`) at the start of iteration `it + 1`:
     `kill_learner_at_iteration: k` makes the last rank SIGKILL its own process once, so Ray

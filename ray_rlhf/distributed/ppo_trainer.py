@@ -39,7 +39,7 @@ from ray_rlhf.distributed.checkpointing import (
     report_checkpoint,
     restore_latest,
 )
-from ray_rlhf.distributed.control import apply_control, chaos_hooks
+from ray_rlhf.distributed.control import apply_control, chaos_hooks, chaos_in_flight
 from ray_rlhf.distributed.rollout_pool import PendingRollout
 from ray_rlhf.distributed.trainer import fit_learners, mean_over_ranks, setup_worker
 from ray_rlhf.metrics import MetricsWriter
@@ -174,6 +174,7 @@ def _take_rollout(
     if ahead is None:
         metrics = apply_control(pools, control_path)
         launched = _launch_rollout(cfg, pools, prompts, it)
+        chaos_in_flight(control_path, it)
         batch = _collect_rollout(pools, prompts, launched)
     else:
         launched, batch = ahead, _collect_rollout(pools, prompts, ahead)

@@ -122,20 +122,25 @@ def test_learner_sigkill_after_a_resize(tmp_path, base_model, reference, no_shm_
 
 
 def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference, no_shm_left):
-    """Rank 0 SIGKILLs the rollout actor's process before iteration 2 and again before
-    iteration 4, and the reward actor's before iteration 3 (control-file hooks). Ray
-    restarts each once (`max_restarts=1`): the rollout pool catches its restarted actor up
-    with the current weights and re-issues the share, the reward pool scores again. The
+    """Rank 0 SIGKILLs the rollout actor's process in the middle of iteration 2's generation
+    (once it has used 50 ms of CPU on the submitted task) and again before iteration 4, and
+    the reward actor's before iteration 3 (control-file hooks). Ray restarts each once
+    (`max_restarts=1`): the rollout pool catches its restarted actor up with the current
+    weights and re-issues the share that died in flight, the reward pool scores again. The
     second rollout kill leaves the actor dead for good, and the pool replaces it with a new
     one holding the current weights. Each recovery is counted in its iteration's row."""
     from ray_rlhf.loops import ppo
 
     cfg, run_dir = _prepare(tmp_path, base_model)
     (run_dir / "control.yaml").write_text(
-        "kill_actors_at_iteration: {2: RolloutActor, 3: RewardScorer, 4: RolloutActor}\n"
+        "kill_actors_in_flight_at_iteration: {2: RolloutActor}\n"
+        "kill_actors_at_iteration: {3: RewardScorer, 4: RolloutActor}\n"
     )
     rows = read_metrics(ppo.run(cfg, run_dir, base_model).metrics_dir)
-    for it in (2, 3, 4):
+    in_flight = run_dir / "control.yaml.kill_actors_in_flight_at_iteration_2_fired"
+    [kill] = [line.split() for line in in_flight.read_text().splitlines() if "killed" in line]
+    assert float(kill[3]) >= 0.05  # the process was working on the submitted generation
+    for it in (3, 4):
         assert (run_dir / f"control.yaml.kill_actors_at_iteration_{it}_fired").is_file()
     _assert_matches_reference(rows, reference)
     assert [r.get("faults/rollout_restarts", 0) for r in rows] == [0, 1, 1, 1]
