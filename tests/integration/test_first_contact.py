@@ -139,33 +139,39 @@ def test_a_minibatch_that_does_not_divide_the_iteration_is_refused(
     assert list(ray_tmp.iterdir()) == []  # Ray never started
 
 
-def test_a_rule_that_raises_fails_the_run_once_without_a_retry(
-    tmp_path, chat_model, chat_prompts, ray_session
-):
-    from ray_rlhf.distributed.trainer import WorkerUserError
-    from ray_rlhf.loops import ppo
-
+def test_a_rule_that_raises_fails_the_run_once_without_a_retry(tmp_path, chat_model, chat_prompts):
+    """`ray-rlhf ppo` with a rule that raises: the worker's error is classified as the
+    user's, the run stops without a Ray Train retry (`learner.max_failures=1` is not used),
+    and the console gets one paragraph and exit code 2, the traceback only the log."""
     calls = tmp_path / "calls.txt"
     body = f"    open({str(calls)!r}, 'a').write('call\\n')\n    return 1 / 0"
-    cfg = load_config(
-        None,
-        [
-            f"run.output_dir={tmp_path}",
-            f"model.path={chat_model}",
-            f"data.prompts_path={chat_prompts}",
-            f"reward.rule={_rule(tmp_path / 'rule.py', body)}",
-            "learner.max_failures=1",
-            *_OVERRIDES,
-        ],
+    argv = [
+        f"run.output_dir={tmp_path}",
+        f"model.path={chat_model}",
+        f"data.prompts_path={chat_prompts}",
+        f"reward.rule={_rule(tmp_path / 'rule.py', body)}",
+        "learner.max_failures=1",
+        *_OVERRIDES,
+    ]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_rlhf.cli", "ppo", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
     )
-    with pytest.raises(WorkerUserError) as caught:
-        ppo.run_job(cfg)
-    assert caught.value.kind == "reward error"
-    assert "raised ZeroDivisionError: division by zero" in str(caught.value)
-    assert "Traceback" in caught.value.details
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [what] = [line for line in proc.stderr.splitlines() if line.startswith("ray-rlhf ppo: ")]
+    assert what.startswith("ray-rlhf ppo: reward error: ")
+    assert "raised ZeroDivisionError: division by zero" in what
+    log = (tmp_path / "ppo" / "logs" / "driver.log").read_text()
+    assert "Traceback (most recent call last)" in log and "ZeroDivisionError" in log
     # The first scored row raised; a Ray Train retry would have scored a second time.
     assert calls.read_text() == "call\n"
-    assert not (cfg.run.run_dir / "DONE.json").exists()
+    assert not (tmp_path / "ppo" / "DONE.json").exists()
 
 
 def test_chat_prompts_train_with_default_token_limits(
@@ -191,6 +197,12 @@ def test_chat_prompts_train_with_default_token_limits(
     assert data["max_response_tokens"] == 128 - 2 - 65  # capped by max_position_embeddings
     rows = read_metrics(result.metrics_dir)
     assert [r["step"] for r in rows] == [1, 2]
+    # It trains: 8 prompts x 4 samples = 32 rows, 2 optimizer steps of 16 per iteration, and
+    # iteration 1's steps moved the policy away from the reference that iteration 1 sampled.
+    assert [r["train/optimizer_steps"] for r in rows] == [2.0, 2.0]
+    assert [r["train/rows"] for r in rows] == [32.0, 32.0]
+    assert abs(rows[0]["train/kl"]) < 1e-4
+    assert abs(rows[1]["train/kl"]) > 10 * max(abs(rows[0]["train/kl"]), 1e-5)
     assert rows[-1]["rollout/response_length"] > 0
     assert "eval/sampled/reward" in rows[-1]  # on the 2 prompts held out of the 40
     log = (cfg.run.run_dir / "logs" / "driver.log").read_text()
