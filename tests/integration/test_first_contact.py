@@ -70,6 +70,24 @@ def _rule(path: Path, body: str) -> str:
     return f"{path}:reward"
 
 
+def _ppo_cli_user_error(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`ray-rlhf ppo argv` in a subprocess, checked to end as a user error: exit code 2 and
+    no traceback on stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_rlhf.cli", "ppo", *argv],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(ROOT)} | (env or {}),
+        cwd=cwd,
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
 def test_a_bad_data_file_fails_before_ray_with_one_paragraph(tmp_path, chat_model):
     bad = tmp_path / "prompts.jsonl"
     ok = {"messages": [{"role": "user", "content": "sort the list please"}]}
@@ -77,22 +95,9 @@ def test_a_bad_data_file_fails_before_ray_with_one_paragraph(tmp_path, chat_mode
     bad.write_text(json.dumps(ok) + "\n" + json.dumps(ends_with_answer) + "\n")
     ray_tmp = tmp_path / "ray"
     ray_tmp.mkdir()
-    env = os.environ | {
-        "PYTHONPATH": str(ROOT),
-        "RAY_RLHF_RAY_TMP": str(ray_tmp),
-        "RAY_RLHF_CACHE": str(tmp_path / "cache"),
-    }
     argv = [f"run.output_dir={tmp_path}", f"model.path={chat_model}", f"data.prompts_path={bad}"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "ray_rlhf.cli", "ppo", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
+    env = {"RAY_RLHF_RAY_TMP": str(ray_tmp), "RAY_RLHF_CACHE": str(tmp_path / "cache")}
+    proc = _ppo_cli_user_error(argv, tmp_path, env)
     what, how, where = proc.stderr.strip().splitlines()[-3:]
     assert what == (
         f"ray-rlhf ppo: data error: {bad} row 1, field 'messages': prompt must end with a "
@@ -153,17 +158,7 @@ def test_a_rule_that_raises_fails_the_run_once_without_a_retry(tmp_path, chat_mo
         "learner.max_failures=1",
         *_OVERRIDES,
     ]
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ray_rlhf.cli", "ppo", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    proc = _ppo_cli_user_error(argv, tmp_path)
     [what] = [line for line in proc.stderr.splitlines() if line.startswith("ray-rlhf ppo: ")]
     assert what.startswith("ray-rlhf ppo: reward error: ")
     assert "raised ZeroDivisionError: division by zero" in what
