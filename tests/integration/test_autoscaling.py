@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from ray_head import ROOT, Head, dashboard_get, ray_cli, start_head
 
 pytestmark = pytest.mark.integration
@@ -40,13 +41,23 @@ _PHASE_TIMEOUT_S = 300
 
 
 def _autoscaling_config(gcs_address: str) -> dict:
-    """Head + cluster.yaml's rollout and learner node types for the fake provider.
+    """Head + cluster.yaml's rollout and learner node types for the fake provider, with the
+    custom resources cluster.yaml gives them (read from the file).
 
     The head has the CPUs for the job driver and the CPU-only reward actor (cluster.yaml's
     `cpu_worker` type; left out to keep the machine's process count down). A worker node
     has one CPU: one rollout actor or one learner worker fits.
     """
     node = {"node_config": {}, "min_workers": 0, "max_workers": 2}
+    types = yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]
+    worker_types = {  # cluster.yaml's custom resources; one CPU instead of the GPU
+        name: {**node, "resources": {"CPU": 1, **_custom(types[name]["resources"])}}
+        for name in ("rollout_gpu", "learner_gpu")
+    }
+    assert [set(_custom(worker_types[n]["resources"])) for n in worker_types] == [
+        {"rollout"},
+        {"learner"},
+    ], "cluster.yaml's node types no longer declare the resources this test places by"
     return {
         "cluster_name": "ray-rlhf-fake",
         "max_workers": 4,
@@ -61,8 +72,7 @@ def _autoscaling_config(gcs_address: str) -> dict:
         },
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 2}, "node_config": {}, "max_workers": 0},
-            "rollout_gpu": {**node, "resources": {"CPU": 1, "rollout": 1}},
-            "learner_gpu": {**node, "resources": {"CPU": 1, "learner": 1}},
+            **worker_types,
         },
         "head_node_type": "ray.head.default",
         "auth": {},
@@ -76,6 +86,11 @@ def _autoscaling_config(gcs_address: str) -> dict:
         "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
+
+
+def _custom(resources: dict) -> dict:
+    """A node type's custom resources (all but CPU and GPU)."""
+    return {k: v for k, v in resources.items() if k not in ("CPU", "GPU")}
 
 
 @pytest.fixture

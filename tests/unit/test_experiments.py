@@ -154,12 +154,12 @@ def test_testbed_rm_stage_key_is_unchanged_by_options_left_at_their_defaults():
     testbed = load_experiment("testbed", ROOT / "experiments/configs/testbed.yaml", [])
     vanilla = arm_config(testbed.base, testbed.arms["vanilla"], 0)
     assert vanilla.rm.init_path is None
-    assert stage_key(rm_parts(vanilla)) == "0b40cdfc6ae2"
+    assert stage_key(rm_parts(vanilla)) == "670cdf73aecd"
     continued = dataclasses.replace(vanilla.rm, init_path="runs/rm/reward_model")
-    assert stage_key(rm_parts(dataclasses.replace(vanilla, rm=continued))) != "0b40cdfc6ae2"
+    assert stage_key(rm_parts(dataclasses.replace(vanilla, rm=continued))) != "670cdf73aecd"
     recomputed = dataclasses.replace(vanilla.learner, gradient_checkpointing=True)
     key = stage_key(rm_parts(dataclasses.replace(vanilla, learner=recomputed)))
-    assert key != "0b40cdfc6ae2"
+    assert key != "670cdf73aecd"
 
 
 def test_an_unknown_reward_stage_is_named(tmp_path):
@@ -201,7 +201,7 @@ def test_iterate_meta_arms_start_from_the_testbed_stages_and_differ_only_in_meta
     assert (plain.rm.meta.enabled, meta.rm.meta.enabled) == (False, True)
     assert dataclasses.replace(meta, rm=plain.rm) == plain
     assert plain.iterate.rounds == 3 and plain.iterate.samples_per_prompt == meta.rm.meta.k
-    assert stage_key(rm_parts(plain)) == "0b40cdfc6ae2"  # the testbed's seed-0 proxy RM
+    assert stage_key(rm_parts(plain)) == "670cdf73aecd"  # the testbed's seed-0 proxy RM
 
 
 def _write_round(base, samples_true, before, after, heldout, evals):
