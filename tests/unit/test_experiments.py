@@ -171,7 +171,7 @@ def test_an_unknown_reward_stage_is_named(tmp_path):
 
 
 def test_eval_points_and_per_domain_peaks():
-    from experiments.ood_meta import extra_json, per_domain
+    from experiments.ood_meta import extra_json, per_domain, verdict
 
     rows = [{**_row(0, 0.5, 0.0, 0.0, 0.2), f"{TRUE_KEY}/min": 0.4, f"{TRUE_KEY}/sortd": 0.6},
             {**_row(3, 0.6, 1.0, 1.0, 0.3), f"{TRUE_KEY}/min": 0.7, f"{TRUE_KEY}/sortd": 0.5},
@@ -179,15 +179,21 @@ def test_eval_points_and_per_domain_peaks():
     curve = eval_points(rows)
     assert curve[1]["true/min"] == 0.7
     # KL 1.5 lies halfway between steps 3 (KL 1) and 6 (KL 2).
-    assert per_domain(curve, 1.5) == {
-        "min": {"sft": 0.4, "peak": 0.7, "final": 0.6, "at_kl": pytest.approx(0.65)},
-        "sortd": {"sft": 0.6, "peak": 0.6, "final": 0.5, "at_kl": pytest.approx(0.5)}}
-    data = {"kl_budgets": [1.5], "arms": {"a": {"curves": [curve, curve[:2]]}}}
+    assert per_domain(curve, [1.5, 2]) == {
+        "min": {"sft": 0.4, "peak": 0.7, "final": 0.6,
+                "at_kl": {"1.5": pytest.approx(0.65), "2": pytest.approx(0.6)}},
+        "sortd": {"sft": 0.6, "peak": 0.6, "final": 0.5,
+                  "at_kl": {"1.5": pytest.approx(0.5), "2": pytest.approx(0.5)}}}
+    data = {"kl_budgets": [1.5, 2.0], "arms": {"a": {"curves": [curve, curve[:2]]}}}
     extra = extra_json(data)
-    assert extra["domains_kl"] == 1.5
+    assert extra["domains_kl"] == [1.5, 2.0]
     assert extra["domains"]["a"]["min"] == {  # the second seed never reached KL 1.5
         "sft": [0.4, 0.4], "peak": [0.7, 0.7], "final": [0.6, 0.7],
-        "at_kl": [pytest.approx(0.65), None]}
+        "at_kl": {"1.5": [pytest.approx(0.65), None], "2": [pytest.approx(0.6), None]}}
+    table = verdict(data)
+    assert "| arm | domain | SFT start | peak | final | @ KL 1.5 | @ KL 2 |" in table
+    row = "| a | min | 0.400 ± 0.000 | 0.700 ± 0.000 | 0.650 ± 0.071 | n/a (1 not reached) |"
+    assert row + " n/a (1 not reached) |" in table
 
 
 def test_iterate_meta_arms_start_from_the_testbed_stages_and_differ_only_in_metarm():
