@@ -4,7 +4,7 @@ An experiment is one YAML file (`experiments/configs/<name>.yaml`):
 
     experiment:        ExperimentConfig (seeds, KL budgets, where shared stages live)
     arms:              arm name -> dotted overrides on top of the shared sections (and
-                       optionally `experiment.reward_model: rm | meta_rm`)
+                       optionally `experiment.reward_model: rm | meta_rm | rm_continued`)
     run: / model: / data: / sft: / rm: / ppo: / ...   the usual RLHFConfig sections
 
 For every seed (which sets `run.seed`, the tiny model's init and the toy world's seed) and
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 BASELINES_FROM_STAGE = "<the baselines stage of this seed>"
 ARM_REWARD_KEY = "experiment.reward_model"
 """The one arm key that is not a config override: which stage makes the arm's RM."""
-REWARD_STAGES = ("rm", "meta_rm")
+REWARD_STAGES = ("rm", "meta_rm", "rm_continued")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,9 @@ class Experiment:
     """sha256 of the testbed config this experiment builds on (`experiment.testbed`)."""
     arm_reward_models: dict[str, str] = dataclasses.field(default_factory=dict)
     """Arm -> the stage that makes its reward model (`experiment.reward_model` in the arm):
-    `rm` (the proxy RM, the default) or `meta_rm` (meta-learned from the proxy RM)."""
+    `rm` (the proxy RM, the default), `meta_rm` (meta-learned from the proxy RM) or
+    `rm_continued` (the proxy RM trained on by the arm's `rm` settings, e.g. `rm.steps`
+    more BT steps: a baseline with a method's extra budget)."""
     config_file: str = ""
     """The YAML file the settings came from, as given (the report names it)."""
 
@@ -202,6 +204,21 @@ def rm_accuracy(reward_model: Path, cfg: RLHFConfig) -> dict[str, float]:
     return out
 
 
+def _arm_reward_model(
+    exp: Experiment, stages: Any, arm: str, seed: int, cfg: RLHFConfig, policy: Path
+) -> Path:
+    """The reward model an (arm, seed) runs PPO under (`Experiment.arm_reward_models`)."""
+    kind = exp.arm_reward_models.get(arm, "rm")
+    if kind == "rm_continued":  # the shared proxy RM, then the arm's rm settings from it
+        proxy = stages.reward_model(arm_config(exp.base, [], seed), policy)
+        rm = dataclasses.replace(cfg.rm, init_path=str(proxy))
+        return stages.reward_model(dataclasses.replace(cfg, rm=rm), policy)
+    reward_model = stages.reward_model(cfg, policy)
+    if kind == "meta_rm":
+        reward_model = stages.meta_reward_model(cfg, policy, init=reward_model)
+    return reward_model
+
+
 def run_pair(exp: Experiment, stages: Any, arm: str, seed: int) -> Path:
     """PPO of one (arm, seed) with its stages; returns the run dir (skipped when done)."""
     from experiments.stages import stage_key
@@ -215,9 +232,7 @@ def run_pair(exp: Experiment, stages: Any, arm: str, seed: int) -> Path:
     start = time.perf_counter()
     cfg = arm_config(exp.base, exp.arms[arm], seed)
     policy = stages.sft_policy(cfg)
-    reward_model = stages.reward_model(cfg, policy)
-    if exp.arm_reward_models.get(arm, "rm") == "meta_rm":
-        reward_model = stages.meta_reward_model(cfg, policy, init=reward_model)
+    reward_model = _arm_reward_model(exp, stages, arm, seed, cfg, policy)
     shifted = {k: v for k, v in to_dict(cfg.data.toyworld).items() if k.startswith("shifted_")}
     accuracy_file = reward_model.parent / f"truth_accuracy_{stage_key(shifted)}.json"
     if not accuracy_file.exists():

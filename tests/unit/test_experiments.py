@@ -132,7 +132,11 @@ def test_ood_meta_arms_choose_their_reward_stage_and_prompts():
 
     exp = load_experiment("ood_meta", ROOT / "experiments/configs/ood_meta.yaml", [])
     assert exp.arm_reward_models == {"bt_heldout": "rm", "meta_heldout": "meta_rm",
-                                     "bt_train": "rm", "meta_train": "meta_rm"}
+                                     "bt_train": "rm", "meta_train": "meta_rm",
+                                     "btmore_heldout": "rm_continued",
+                                     "btmore_train": "rm_continued"}
+    more = arm_config(exp.base, exp.arms["btmore_heldout"], 0)
+    assert (more.rm.steps, more.data.toyworld.ppo_prompts) == (1200, "heldout")
     held = arm_config(exp.base, exp.arms["meta_heldout"], 0)
     train = arm_config(exp.base, exp.arms["bt_train"], 0)
     assert (held.data.toyworld.ppo_prompts, train.data.toyworld.ppo_prompts) == (
@@ -160,6 +164,38 @@ def test_testbed_rm_stage_key_is_unchanged_by_options_left_at_their_defaults():
     recomputed = dataclasses.replace(vanilla.learner, gradient_checkpointing=True)
     key = stage_key(rm_parts(dataclasses.replace(vanilla, learner=recomputed)))
     assert key != "670cdf73aecd"
+
+
+def test_a_continued_rm_arm_trains_on_from_the_seeds_proxy_rm():
+    """`experiment.reward_model: rm_continued`: the proxy RM with the shared settings, then
+    the arm's `rm` settings starting from it (`rm.init_path`); meta arms start meta-RM from
+    the proxy RM; plain arms use the proxy RM."""
+    from experiments.protocol import _arm_reward_model
+
+    class Stages:  # records what each stage was asked for
+        def __init__(self):
+            self.calls = []
+
+        def reward_model(self, cfg, policy):
+            self.calls.append(("rm", cfg.rm.steps, cfg.rm.init_path))
+            return Path(f"rm_{cfg.rm.steps}_{cfg.rm.init_path}")
+
+        def meta_reward_model(self, cfg, policy, init):
+            self.calls.append(("meta_rm", str(init)))
+            return Path("meta")
+
+    exp = load_experiment("ood_meta", ROOT / "experiments/configs/ood_meta.yaml", [])
+    base_steps = arm_config(exp.base, [], 0).rm.steps
+    for arm, want, calls in [
+        ("btmore_train", f"rm_1200_rm_{base_steps}_None",
+         [("rm", base_steps, None), ("rm", 1200, f"rm_{base_steps}_None")]),
+        ("meta_train", "meta", [("rm", base_steps, None), ("meta_rm", f"rm_{base_steps}_None")]),
+        ("bt_train", f"rm_{base_steps}_None", [("rm", base_steps, None)]),
+    ]:
+        stages = Stages()
+        cfg = arm_config(exp.base, exp.arms[arm], 0)
+        assert _arm_reward_model(exp, stages, arm, 0, cfg, Path("sft")) == Path(want)
+        assert stages.calls == calls, arm
 
 
 def test_an_unknown_reward_stage_is_named(tmp_path):
