@@ -118,6 +118,7 @@ def _floor(rounds: list[dict], algo: str, warmup: int, reps: int) -> dict | None
             continue
         f = r["floor"]["times"]
         floor = median(f["generate"]) + median(f["train"])
+        with_reference = floor + median(f["reference"])  # the KL needs it in both systems
         it = ray_run(r[f"{algo}/ray"], warmup, reps)
         per_round.append(
             {
@@ -125,13 +126,18 @@ def _floor(rounds: list[dict], algo: str, warmup: int, reps: int) -> dict | None
                 "train": median(f["train"]),
                 "reference": median(f["reference"]),
                 "floor": floor,
+                "floor_with_reference": with_reference,
                 "overhead": it["iteration"] / floor,
+                "overhead_with_reference": it["iteration"] / with_reference,
                 "overhead_loop": it["loop"] / floor,
             }
         )
     keys = per_round[0].keys() if per_round else ()
     out = {k: median([p[k] for p in per_round]) for k in keys}
     out["overhead_range"] = _ratio_stats([p["overhead"] for p in per_round])
+    out["overhead_with_reference_range"] = _ratio_stats(
+        [p["overhead_with_reference"] for p in per_round]
+    )
     out["tokens"] = floors[0]["generated_tokens"]
     out["batch_shape"] = floors[0]["batch_shape"]
     out["reps"] = sum(len(f["times"]["generate"]) for f in floors)
