@@ -6,12 +6,14 @@ import logging
 import os
 import secrets
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
 import ray
 
 from ray_rlhf.config import ResourcesConfig
+from ray_rlhf.distributed import reaper
 from ray_rlhf.logs import RAY_LOGS, driver_log, shows_infrastructure_logs
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ def worker_env_vars() -> dict[str, str]:
 _SESSION_LOGS: Path | None = None
 """The logs dir of the embedded Ray session `init_ray` started, if any."""
 
+_REAPER: subprocess.Popen | None = None
+"""The embedded session's reaper (`ray_rlhf.distributed.reaper`), if `init_ray` started one."""
+
 
 def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
     """Join the configured / job's cluster, or start an embedded one.
@@ -75,7 +80,7 @@ def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
     Returns:
         True when this call started Ray (the caller then owns `shutdown_ray(True)`).
     """
-    global _SESSION_LOGS, _OMP_SPIN
+    global _SESSION_LOGS, _OMP_SPIN, _REAPER
     if ray.is_initialized():
         return False
     _OMP_SPIN = resources.omp_spin_count
@@ -100,6 +105,7 @@ def init_ray(resources: ResourcesConfig, *, min_cpus: int = 0) -> bool:
             **kwargs,
         )
         where = "started an embedded cluster"
+        _REAPER = reaper.start()  # its agents outlive a SIGKILLed driver otherwise
     cpus = ray.cluster_resources().get("CPU", 0)
     logger.info("Ray: %s with %g CPUs", where, cpus)
     session_logs = Path(context.address_info["session_dir"]) / "logs"
@@ -115,10 +121,13 @@ def shutdown_ray(started: bool) -> None:
     An embedded cluster's session logs (Ray Train workers, vLLM rollout actors, reward
     actors: their stdout and stderr) are then copied to the run's `logs/ray/`.
     """
-    global _SESSION_LOGS, _OMP_SPIN
+    global _SESSION_LOGS, _OMP_SPIN, _REAPER
     if not started:
         return
     ray.shutdown()
+    if _REAPER is not None:
+        reaper.stop(_REAPER)
+        _REAPER = None
     _OMP_SPIN = 0
     log, source, _SESSION_LOGS = driver_log(), _SESSION_LOGS, None
     if log is None or source is None or not source.is_dir():

@@ -7,12 +7,13 @@ iterations that were already logged.
 
 SIGKILL is sent by the chaos hooks of the run's control file to the learner worker (the
 process kills itself) and to the rollout and reward actors' processes (rank 0 finds them in
-the GCS's actor table), and by the test to the whole driver process group of a
-`jobs/train_ppo.py` run, which it then starts again.
+the GCS's actor table), and by the test to the driver process of a `jobs/train_ppo.py`
+run, which it then starts again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -149,24 +150,39 @@ def test_rollout_and_reward_actor_sigkill(tmp_path, base_model, reference, no_sh
     assert live_actor_pids("RolloutActor") == []  # shutdown reached the replacement too
 
 
-def _ray_processes(temp_dir: Path) -> list[int]:
-    """Processes whose command line names this run's Ray temp dir (raylet, GCS, workers)."""
+def _run_processes(temp_dir: Path, group: int) -> list[int]:
+    """Processes of a killed run: its Ray processes (their command line names the run's Ray
+    temp dir: raylet, GCS, workers, agents) and whatever else is left in its process group
+    (e.g. a vLLM engine process)."""
     import psutil
 
     pids = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if str(temp_dir) in " ".join(proc.info["cmdline"] or []):
+            in_group = os.getpgid(proc.info["pid"]) == group
+            if in_group or str(temp_dir) in " ".join(proc.info["cmdline"] or []):
                 pids.append(proc.info["pid"])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
             continue
     return pids
 
 
+def _describe(pids: list[int]) -> str:
+    """The pids' command lines, for an assertion message."""
+    import psutil
+
+    lines = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            lines.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())[:300]}")
+    return "left behind:\n" + "\n".join(lines)
+
+
 def test_driver_sigkill_then_rerun_resumes(tmp_path, base_model, reference, no_shm_left):
-    """`jobs/train_ppo.py` pauses after iteration 3 (its checkpoint is at 2); its whole
-    process group gets SIGKILL. No process of its embedded Ray cluster outlives it by more
-    than a few seconds; the same command again resumes and finishes the run."""
+    """`jobs/train_ppo.py` pauses after iteration 3 (its checkpoint is at 2); the driver
+    process alone gets SIGKILL, as from the OOM killer. No process of its embedded Ray
+    cluster or its process group outlives it by more than a few seconds (Ray's reaper takes
+    them down); the same command again resumes and finishes the run."""
     from paused_jobs import kill_when_paused
 
     short = Path(os.environ.get("RAY_RLHF_CACHE", ROOT / ".cache")) / f"rk{os.getpid()}"
@@ -174,8 +190,9 @@ def test_driver_sigkill_then_rerun_resumes(tmp_path, base_model, reference, no_s
     env["RAY_RLHF_RAY_TMP"] = str(short)
     args = [*_overrides(tmp_path, base_model), "resources.num_cpus=4"]
     run_dir = tmp_path / "faults"
+    group = None
     try:
-        kill_when_paused(
+        group = kill_when_paused(
             "jobs/train_ppo.py",
             "pause_ppo_after_iterations: 3",
             args,
@@ -183,11 +200,13 @@ def test_driver_sigkill_then_rerun_resumes(tmp_path, base_model, reference, no_s
             tmp_path / "killed.log",
             timeout_s=600,
             env=env,
+            group=False,
         )
         deadline = time.monotonic() + 10
-        while _ray_processes(short) and time.monotonic() < deadline:
+        while _run_processes(short, group) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _ray_processes(short) == []
+        left = _run_processes(short, group)
+        assert left == [], _describe(left)
         logged = read_metrics(run_dir / "ppo")
         assert [r["step"] for r in logged] == [1, 2, 3]
         done = subprocess.run(
@@ -201,6 +220,7 @@ def test_driver_sigkill_then_rerun_resumes(tmp_path, base_model, reference, no_s
         assert done.returncode == 0, done.stderr[-3000:]
         _assert_matches_reference(read_metrics(run_dir / "ppo"), reference)
     finally:
-        for pid in _ray_processes(short):  # only if an assertion above failed
-            os.kill(pid, signal.SIGKILL)
+        for pid in _run_processes(short, group or -1):  # only if an assertion above failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         subprocess.run(["rm", "-rf", str(short)], check=False)
