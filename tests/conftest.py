@@ -61,15 +61,16 @@ def ray_session():
     import ray
 
     from ray_rlhf.config import ResourcesConfig
-    from ray_rlhf.distributed.runtime import init_ray
+    from ray_rlhf.distributed.runtime import init_ray, stand_down_reaper
 
     if ray.is_initialized():
         ray.shutdown()
     init_ray(ResourcesConfig(num_cpus=6))
     yield ray
-    started = psutil.Process().children(recursive=True)  # the cluster's daemons and workers
+    procs = psutil.Process().children(recursive=True)  # the cluster's daemons and workers
     ray.shutdown()
-    _end_stragglers(started)
+    stand_down_reaper()
+    _end_stragglers(procs)
 
 
 def _end_stragglers(procs: list, grace_s: float = 10.0) -> None:

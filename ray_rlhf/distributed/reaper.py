@@ -16,6 +16,7 @@ its stdin: a `done` line stands it down, end of file (the driver died) sets it o
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import threading
@@ -104,4 +105,5 @@ def watch(driver_pid: int, interval_s: float) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the driver, which stops us
     watch(int(sys.argv[1]), float(sys.argv[2]))

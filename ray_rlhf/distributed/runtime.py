@@ -121,13 +121,11 @@ def shutdown_ray(started: bool) -> None:
     An embedded cluster's session logs (Ray Train workers, vLLM rollout actors, reward
     actors: their stdout and stderr) are then copied to the run's `logs/ray/`.
     """
-    global _SESSION_LOGS, _OMP_SPIN, _REAPER
+    global _SESSION_LOGS, _OMP_SPIN
     if not started:
         return
     ray.shutdown()
-    if _REAPER is not None:
-        reaper.stop(_REAPER)
-        _REAPER = None
+    stand_down_reaper()
     _OMP_SPIN = 0
     log, source, _SESSION_LOGS = driver_log(), _SESSION_LOGS, None
     if log is None or source is None or not source.is_dir():
@@ -138,6 +136,14 @@ def shutdown_ray(started: bool) -> None:
     except (OSError, shutil.Error) as err:  # partial copies are still useful
         logger.warning("could not copy all Ray session logs from %s: %s", source, err)
     logger.debug("Ray session logs copied to %s", target)
+
+
+def stand_down_reaper() -> None:
+    """After Ray was shut down cleanly: end the embedded session's reaper, killing nothing."""
+    global _REAPER
+    if _REAPER is not None:
+        reaper.stop(_REAPER)
+        _REAPER = None
 
 
 CustomResourceMode = Literal["auto", "always", "never"]
