@@ -1,5 +1,6 @@
 """Content-addressed stages shared by every experiment: SFT policy, proxy reward model,
-strength-annotated pairs and contrastive baselines of one seed.
+strength-annotated pairs, a per-position RM's normalizer and contrastive baselines of one
+seed.
 
 A stage's directory is named by the hash of exactly the config fields that decide its
 output, under `experiment.shared_dir`. So the testbed and every method comparison that
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 _SFT_TOY_FIELDS = ("seed", "domains", "min_len", "max_len", "style_token", "n_sft")
 _PPO_TOY_FIELDS = ("ppo_prompts",)
 """Toy-world fields that only choose PPO's prompts (no stage depends on them)."""
+_NORMALIZER_FIELDS = ("min_std", "normalizer_samples", "normalizer_source", "huber_epsilon")
+"""`segment` fields of the location-aware normalizer, fitted after a per-position RM is
+trained: they do not change its training (`Stages.normalized_reward_model`)."""
 
 
 def stage_key(parts: dict[str, Any]) -> str:
@@ -67,9 +71,18 @@ def rm_parts(cfg: RLHFConfig) -> dict[str, Any]:
              "preferences_path": cfg.data.preferences_path, "rm": rm}
     if cfg.data.eval_preferences_path is not None:  # (keeps the keys of RMs made before it)
         parts["eval_preferences_path"] = cfg.data.eval_preferences_path
-    if cfg.rm.head == "per_position":
-        parts["segment"] = to_dict(cfg.segment)
+    if cfg.rm.head == "per_position":  # the segmentation it trains on, not the normalizer
+        parts["segment"] = {k: v for k, v in to_dict(cfg.segment).items()
+                            if k not in _NORMALIZER_FIELDS}
     return parts
+
+
+def _default_normalizer(segment: Any) -> Any:
+    """`segment` with the normalizer fields at their defaults (fitted on the pairs)."""
+    defaults = type(segment)()
+    return dataclasses.replace(
+        segment, **{name: getattr(defaults, name) for name in _NORMALIZER_FIELDS}
+    )
 
 
 class Stages:
@@ -126,12 +139,43 @@ class Stages:
                 cfg.data, preferences_path=str(pairs), eval_preferences_path=str(test)
             )
             cfg = dataclasses.replace(cfg, data=data)
+        arm = cfg
+        if cfg.rm.head == "per_position":  # trained with the default normalizer, see below
+            cfg = dataclasses.replace(cfg, segment=_default_normalizer(cfg.segment))
         out = self._dir("rm", rm_parts(cfg))
         if not (out / "DONE.json").exists():
             log.info("stage rm -> %s", out)
             dump_config(cfg, out / "config.yaml")
             result = rm.run(cfg, out, policy)
             mark_done(out, {"eval_accuracy": result.eval_accuracy, "seconds": result.seconds})
+        if arm.segment != cfg.segment:
+            return self.normalized_reward_model(arm, policy, out / "reward_model")
+        return out / "reward_model"
+
+    def normalized_reward_model(self, cfg: RLHFConfig, policy: Path, trained: Path) -> Path:
+        """A copy of the per-position RM `trained` with the normalizer of `cfg.segment`
+        refitted (`ray-rlhf fit-segment-normalizer`'s steps), e.g. on SFT-policy samples:
+        arms that differ only in the normalizer share the trained RM."""
+        import shutil
+
+        from ray_rlhf.loops.common import mark_done
+        from ray_rlhf.loops.rm import load_rm_tensors
+        from ray_rlhf.loops.segment_normalizer import fit_and_store, rl_prompt_texts
+
+        parts = {"rm": str(trained), "segment": to_dict(cfg.segment), "run_seed": cfg.run.seed}
+        out = self._dir("normalized_rm", parts)
+        if not (out / "DONE.json").exists():
+            log.info("stage normalized_rm -> %s", out)
+            dump_config(cfg, out / "config.yaml")
+            target = out / "reward_model"
+            shutil.rmtree(target, ignore_errors=True)  # a copy a stop left half-done
+            shutil.copytree(trained, target)
+            if cfg.segment.normalizer_source == "policy":  # SFT samples, not the pairs
+                train, prompts = {}, rl_prompt_texts(cfg, out, policy)
+            else:
+                train, prompts = load_rm_tensors(cfg, out, policy)[0], None
+            record = fit_and_store(cfg, target, policy, train, prompts)
+            mark_done(out, {"trained": str(trained), "segment": record})
         return out / "reward_model"
 
     def meta_reward_model(self, cfg: RLHFConfig, policy: Path, init: Path) -> Path:

@@ -198,6 +198,33 @@ def test_a_continued_rm_arm_trains_on_from_the_seeds_proxy_rm():
         assert stages.calls == calls, arm
 
 
+def test_segment_arms_that_differ_only_in_the_normalizer_share_the_trained_rm(tmp_path):
+    """The normalizer is fitted after training: `segment_policy_norm` refits it on a copy of
+    `segment`'s RM (on SFT samples); the token arm trains on another segmentation."""
+    from experiments.stages import Stages, rm_parts, stage_key
+
+    exp = load_experiment("segments", ROOT / "experiments/configs/segments.yaml", [])
+    cfgs = {arm: arm_config(exp.base, exp.arms[arm], 0) for arm in exp.arms}
+    keys = {arm: stage_key(rm_parts(cfg)) for arm, cfg in cfgs.items()}
+    assert keys["segment"] == keys["segment_policy_norm"]
+    assert len({keys["segment"], keys["token"], keys["bandit"]}) == 3
+
+    class Recording(Stages):  # records the refits; the trained RM is marked done below
+        calls: list = []
+
+        def normalized_reward_model(self, cfg, policy, trained):
+            self.calls.append((cfg.segment.normalizer_source, trained))
+            return Path("normalized")
+
+    trained = tmp_path / "rm" / keys["segment"]
+    trained.mkdir(parents=True)
+    (trained / "DONE.json").write_text("{}")
+    stages = Recording(tmp_path)
+    assert stages.reward_model(cfgs["segment"], Path("sft")) == trained / "reward_model"
+    assert stages.reward_model(cfgs["segment_policy_norm"], Path("sft")) == Path("normalized")
+    assert stages.calls == [("policy", trained / "reward_model")]
+
+
 def test_an_unknown_reward_stage_is_named(tmp_path):
     path = tmp_path / "x.yaml"
     limits = "data: {max_prompt_tokens: 32, max_response_tokens: 16}\n"
