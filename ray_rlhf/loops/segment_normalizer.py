@@ -240,23 +240,54 @@ def fit_and_store(
     return record
 
 
+def per_position_rm_and_reference(cfg: RLHFConfig) -> tuple[Path, Path]:
+    """(`reward.model_path`, the reference model it was trained from), both checked.
+
+    Raises:
+        ConfigError: Naming `reward.model_path`: unset, not a reward model saved by
+            `ray-rlhf train-rm` with `rm.head=per_position`, or its reference model (the
+            policy it was trained from, recorded in its `ray_rlhf.json`) is gone.
+    """
+    from ray_rlhf.models.builders import check_reward_model_dir
+    from ray_rlhf.models.checkpoint import (
+        METADATA_FILE,
+        ModelDirError,
+        load_json,
+        validate_model_dir,
+    )
+
+    key = "reward.model_path"
+    if cfg.reward.model_path is None:
+        raise ConfigError(f"{key}: fit-segment-normalizer needs a per_position RM dir")
+    trust = cfg.model.trust_remote_code
+    try:
+        rm_dir = check_reward_model_dir(cfg.reward.model_path, head="per_position",
+                                        trust_remote_code=trust)
+    except ModelDirError as err:
+        raise ConfigError(f"{key}: {err}; give a `ray-rlhf train-rm rm.head=per_position` "
+                          "output") from err
+    meta_file = rm_dir / METADATA_FILE
+    base = load_json(meta_file).get("base_model") if meta_file.is_file() else None
+    if base is None:
+        raise ConfigError(f"{key}: {rm_dir} has no {METADATA_FILE} naming the model it was "
+                          "trained from (its reference model); give a `ray-rlhf train-rm` "
+                          "output")
+    try:
+        reference = validate_model_dir(base)
+    except ModelDirError as err:
+        raise ConfigError(f"{key}: the reference model {base} that {rm_dir} was trained from "
+                          f"is unusable: {err}") from err
+    return rm_dir, reference
+
+
 def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     """`ray-rlhf fit-segment-normalizer reward.model_path=RM [segment.* ...]`: refit the
     normalizer of an existing per-position RM on the config's preference pairs."""
     from ray_rlhf.loops.common import prepare_run_dir
     from ray_rlhf.loops.preflight import preflight
     from ray_rlhf.loops.rm import load_rm_tensors
-    from ray_rlhf.models.checkpoint import METADATA_FILE, load_json
 
-    if cfg.reward.model_path is None:
-        raise ConfigError("reward.model_path: fit-segment-normalizer needs a per_position RM dir")
-    rm_dir = Path(cfg.reward.model_path).resolve()
-    meta = load_json(rm_dir / METADATA_FILE)
-    if meta.get("head") != "per_position":
-        raise ConfigError(
-            f"reward.model_path: {rm_dir} has head {meta.get('head')!r}, not per_position"
-        )
-    reference = Path(meta["base_model"])
+    rm_dir, reference = per_position_rm_and_reference(cfg)
     run_dir = prepare_run_dir(cfg)
     cfg = preflight(cfg, run_dir, ("rm",), base_dir=reference)
     per_position = dataclasses.replace(cfg, rm=dataclasses.replace(cfg.rm, head="per_position"))

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,3 +251,30 @@ def test_segment_rewards_need_a_model_reward_and_per_token_advantages(overrides,
     for advantage in ("gae", "reinforce_pp"):
         check_segment_reward(load_config(None, [*model, f"ppo.advantage={advantage}"]))
     check_segment_reward(load_config(None, ["segment.reward_granularity=bandit"]))
+
+
+def test_fit_segment_normalizer_checks_its_reward_model_first(dirs, tmp_path):
+    """`ray-rlhf fit-segment-normalizer`'s input, before any work: one config error naming
+    `reward.model_path` for a missing dir, a scalar RM, an RM that does not record its
+    reference model, and one whose reference model is gone."""
+    from ray_rlhf.loops.segment_normalizer import per_position_rm_and_reference
+
+    root, tokenizer, policy, rm_dir, *_ = dirs
+    scalar = save_hf_model(load_reward_model(policy), tokenizer, tmp_path / "scalar")
+    recorded = _edited_rm(rm_dir, tmp_path / "recorded")
+    meta = json.loads((recorded / "ray_rlhf.json").read_text())
+    (recorded / "ray_rlhf.json").write_text(json.dumps(meta | {"base_model": str(policy)}))
+    gone = _edited_rm(rm_dir, tmp_path / "gone")
+    (gone / "ray_rlhf.json").write_text(json.dumps(meta | {"base_model": "/no/such/policy"}))
+    cases = [
+        (tmp_path / "missing", r"model dir .*missing does not exist"),
+        (scalar, r"model dir .* holds a 'scalar' reward model, not 'per_position'"),
+        (rm_dir, r".* has no ray_rlhf\.json naming the model it was trained from"),
+        (gone, r"the reference model /no/such/policy that .* is unusable: model dir"),
+    ]
+    for path, message in cases:
+        cfg = _cfg(root, f"reward.model_path={path}")
+        with pytest.raises(ConfigError, match=rf"^reward\.model_path: {message}"):
+            per_position_rm_and_reference(cfg)
+    cfg = _cfg(root, f"reward.model_path={recorded}")
+    assert per_position_rm_and_reference(cfg) == (recorded.resolve(), Path(policy).resolve())
