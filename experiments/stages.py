@@ -158,9 +158,8 @@ class Stages:
         arms that differ only in the normalizer share the trained RM."""
         import shutil
 
+        from ray_rlhf.loops import segment_normalizer
         from ray_rlhf.loops.common import mark_done
-        from ray_rlhf.loops.rm import load_rm_tensors
-        from ray_rlhf.loops.segment_normalizer import fit_and_store, rl_prompt_texts
 
         parts = {"rm": str(trained), "segment": to_dict(cfg.segment), "run_seed": cfg.run.seed}
         out = self._dir("normalized_rm", parts)
@@ -170,11 +169,7 @@ class Stages:
             target = out / "reward_model"
             shutil.rmtree(target, ignore_errors=True)  # a copy a stop left half-done
             shutil.copytree(trained, target)
-            if cfg.segment.normalizer_source == "policy":  # SFT samples, not the pairs
-                train, prompts = {}, rl_prompt_texts(cfg, out, policy)
-            else:
-                train, prompts = load_rm_tensors(cfg, out, policy)[0], None
-            record = fit_and_store(cfg, target, policy, train, prompts)
+            record = segment_normalizer.refit(cfg, target, policy, out)
             mark_done(out, {"trained": str(trained), "segment": record})
         return out / "reward_model"
 

@@ -285,12 +285,21 @@ def run_job(cfg: RLHFConfig) -> dict[str, Any]:
     normalizer of an existing per-position RM on the config's preference pairs."""
     from ray_rlhf.loops.common import prepare_run_dir
     from ray_rlhf.loops.preflight import preflight
-    from ray_rlhf.loops.rm import load_rm_tensors
 
     rm_dir, reference = per_position_rm_and_reference(cfg)
     run_dir = prepare_run_dir(cfg)
     cfg = preflight(cfg, run_dir, ("rm",), base_dir=reference)
+    return refit(cfg, rm_dir, reference, run_dir)
+
+
+def refit(cfg: RLHFConfig, rm_dir: Path, reference: Path, run_dir: Path) -> dict[str, Any]:
+    """Fit and store `rm_dir`'s normalizer from `cfg.segment`: on the reference policy's
+    samples of the RL prompts, or on the (segmented) preference pairs, whichever
+    `segment.normalizer_source` names; only that source is loaded."""
+    from ray_rlhf.loops.rm import load_rm_tensors
+
+    if cfg.segment.normalizer_source == "policy":
+        return fit_and_store(cfg, rm_dir, reference, {}, rl_prompt_texts(cfg, run_dir, reference))
     per_position = dataclasses.replace(cfg, rm=dataclasses.replace(cfg.rm, head="per_position"))
     train, _ = load_rm_tensors(per_position, run_dir, reference)  # segmented (see loops.rm)
-    prompts = rl_prompt_texts(cfg, run_dir, reference)
-    return fit_and_store(cfg, rm_dir, reference, train, prompts)
+    return fit_and_store(cfg, rm_dir, reference, train)
