@@ -173,9 +173,21 @@ def restore_latest(learner: Any, storage: str | None = None) -> dict[str, Any] |
     except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"the latest checkpoint of this run ({directory}) does not fit the "
-            f"{type(learner).__name__} of this config: {type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0][:300]}"
+            f"{type(learner).__name__} of this config: {type(err).__name__}: {_first_cause(err)}"
         ) from err
+
+
+def _first_cause(err: BaseException, limit: int = 400) -> str:
+    """The error's first line, with its first detail when that line only announces a list
+    (torch's `Error(s) in loading state_dict for X:` then one line per mismatched tensor)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        more = len(lines) - 2
+        text += f" {lines[1]}" + (f" (and {more} more)" if more else "")
+    return text[:limit]
 
 
 def restore_step(learner: Any, tag: str, storage: str | None = None) -> int:

@@ -204,3 +204,40 @@ def test_chat_prompts_train_with_default_token_limits(
     assert "token limits: prompt 65 (longest prompt in the data)" in log
     assert "holding out 2 of the 40 prompts" in log
     assert (cfg.run.run_dir / "DONE.json").exists()
+
+    # Rerun as unfinished (a run killed after its last checkpoint leaves no DONE.json) with
+    # a model with a narrower MLP and the same tokenizer, the config change allowed: the checkpoint
+    # cannot load into it. That is the user's error, reported once without a retry.
+    from transformers import AutoTokenizer
+
+    from ray_rlhf.models.factory import TinyModelSpec, write_tiny_model
+
+    narrow = write_tiny_model(
+        tmp_path / "narrow",
+        AutoTokenizer.from_pretrained(chat_model),
+        TinyModelSpec(intermediate_size=128),
+    )
+    (cfg.run.run_dir / "DONE.json").unlink()
+    argv = [
+        f"run.output_dir={tmp_path}",
+        f"run.name={cfg.run.name}",
+        f"model.path={narrow}",
+        f"data.prompts_path={chat_prompts}",
+        f"reward.rule={tmp_path / 'rule.py'}:reward",
+        "run.allow_config_change=true",
+        "learner.max_failures=1",
+        *_OVERRIDES,
+    ]
+    proc = _ppo_cli_user_error(argv, tmp_path)
+    [what] = [line for line in proc.stderr.splitlines() if line.startswith("ray-rlhf ppo: ")]
+    checkpoints = cfg.run.run_dir / "ray_train"
+    assert what.startswith(
+        f"ray-rlhf ppo: checkpoint error: the latest checkpoint of this run ({checkpoints}"
+    ), what
+    assert "does not fit the PPOLearner of this config: RuntimeError: Error(s) in loading " in what
+    assert "size mismatch for model.layers.0.mlp.gate_proj.weight" in what
+    assert "(and 5 more)" in what  # up, down and the second layer's three
+    # One worker group met the error: a Ray Train retry would start a second one.
+    worker_logs = (cfg.run.run_dir / "logs" / "ray" / "train").glob("ray-train-app-worker-*")
+    assert sum("does not fit" in path.read_text() for path in worker_logs) == 1
+    assert not (cfg.run.run_dir / "DONE.json").exists()

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
+
 from ray_rlhf.distributed.checkpointing import (
+    _first_cause,
     _write_manifest,
     is_complete,
     newest_complete_checkpoint,
@@ -57,3 +61,16 @@ def test_newest_complete_checkpoint_skips_an_incomplete_newer_one(tmp_path):
     assert newest_complete_checkpoint(tmp_path) == older
     (older / "manifest" / "rank_0.json").unlink()
     assert newest_complete_checkpoint(tmp_path) is None
+
+
+def test_a_state_dict_mismatch_is_named_by_its_first_tensor():
+    """torch lists one line per mismatched tensor under a header line; the checkpoint error
+    names the first and counts the rest."""
+    with pytest.raises(RuntimeError) as caught:
+        torch.nn.Linear(2, 3).load_state_dict({"weight": torch.zeros(4, 2), "bias": torch.zeros(4)})
+    assert _first_cause(caught.value) == (
+        "Error(s) in loading state_dict for Linear: size mismatch for weight: copying a param "
+        "with shape torch.Size([4, 2]) from checkpoint, the shape in current model is "
+        "torch.Size([3, 2]). (and 1 more)"
+    )
+    assert _first_cause(KeyError("policy")) == "'policy'"
