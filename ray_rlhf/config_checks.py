@@ -143,8 +143,7 @@ def check_iterate(cfg: RLHFConfig) -> None:
     check(
         not cfg.rm.meta.enabled or k >= cfg.rm.meta.k,
         "iterate.samples_per_prompt",
-        f"{k} responses per prompt are fewer than the rm.meta.k = {cfg.rm.meta.k} MetaRM "
-        "compares",
+        f"{k} responses per prompt are fewer than the rm.meta.k = {cfg.rm.meta.k} MetaRM compares",
     )
 
 
@@ -230,7 +229,7 @@ def check_ppo_batches(cfg: RLHFConfig) -> None:
         check(False, "ppo.minibatch_size", f"{problem}; {_suggest_minibatch(cfg)}")
     per_worker = minibatch // workers
     check(
-        _whole_micro_batches(per_worker, ppo.micro_batch_size),
+        ppo.micro_batch_size is None or _whole_micro_batches(per_worker, ppo.micro_batch_size),
         "ppo.micro_batch_size",
         f"{ppo.micro_batch_size} must divide the per-learner minibatch ppo.minibatch_size / "
         f"learner.num_workers = {per_worker} (or be at least as large), else samples are dropped",
@@ -247,12 +246,11 @@ def _suggest_minibatch(cfg: RLHFConfig) -> str:
     """A `ppo.minibatch_size` (else a `ppo.prompts_per_iteration`) that passes the checks."""
     ppo, workers = cfg.ppo, cfg.learner.num_workers
     samples = ppo.prompts_per_iteration * cfg.rollout.n_samples
+    micro = ppo.micro_batch_size or 1  # unset: chosen later, always a divisor
     fits = [
         m
         for m in range(workers, samples + 1, workers)
-        if samples % m == 0
-        and m % ppo.micro_batch_size == 0
-        and _whole_micro_batches(m // workers, ppo.micro_batch_size)
+        if samples % m == 0 and m % micro == 0 and _whole_micro_batches(m // workers, micro)
     ]
     below = [m for m in fits if m <= ppo.minibatch_size]
     if fits:

@@ -44,6 +44,8 @@ NOT_RESULT_KEYS = frozenset(
         "rollout.sync_transport",
         "reward.num_actors",
         "meta.cpus_per_task",
+        # Memory per forward: the loss is one token mean over the minibatch at any size.
+        "ppo.micro_batch_size",
     }
 )
 """Dotted keys that do not change a run's result."""

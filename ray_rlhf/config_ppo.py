@@ -141,8 +141,11 @@ class PPOConfig:
     """Passes over each rollout batch."""
     minibatch_size: int = 64
     """Samples per optimizer step (global)."""
-    micro_batch_size: int = 32
-    """Samples per forward/backward per worker (gradient accumulation)."""
+    micro_batch_size: int | None = None
+    """Samples per forward/backward per learner (gradient accumulation; the loss is the
+    same token mean whatever it is). None: the largest divisor of a learner's minibatch
+    share, at most 32, whose estimated activations fit 2 GiB (`ray_rlhf.models.memory`;
+    32 for the toy world's tiny models, 2-4 for a 135M chat model)."""
     lr: float | None = None
     """Policy learning rate. None: 1e-6 for a pretrained model (20M parameters or more),
     1e-4 below (`ray_rlhf.learning_rates`)."""
@@ -185,12 +188,13 @@ class PPOConfig:
         _check(self.epochs > 0, "epochs", "must be > 0")
         _check(self.eval_every > 0, "eval_every", "must be > 0")
         _check(self.checkpoint_every > 0, "checkpoint_every", "must be > 0")
-        _check(self.micro_batch_size > 0, "micro_batch_size", "must be > 0")
-        _check(
-            self.minibatch_size % self.micro_batch_size == 0,
-            "minibatch_size",
-            f"must be a multiple of micro_batch_size ({self.micro_batch_size})",
-        )
+        if self.micro_batch_size is not None:
+            _check(self.micro_batch_size > 0, "micro_batch_size", "must be > 0")
+            _check(
+                self.minibatch_size % self.micro_batch_size == 0,
+                "minibatch_size",
+                f"must be a multiple of micro_batch_size ({self.micro_batch_size})",
+            )
         _check(self.lr is None or self.lr > 0, "lr", "must be > 0")
         _check(self.critic_lr is None or self.critic_lr > 0, "critic_lr", "must be > 0")
         _check(0 < self.clip_eps < 1, "clip_eps", "must be in (0, 1)")

@@ -79,11 +79,7 @@ def resolve_learning_rates(
     size = f"{num_parameters / 1e6:.1f}M"
     kind = "pretrained-model" if num_parameters >= PRETRAINED_FROM else "small-model"
     parts = [f"{k} {_value(resolved, k):g}" for k in keys]
-    why = (
-        f"{', '.join(defaulted)}: the {kind} defaults for {size} parameters"
-        if defaulted
-        else ""
-    )
+    why = f"{', '.join(defaulted)}: the {kind} defaults for {size} parameters" if defaulted else ""
     if given:
         why += ("; " if why else "") + f"{', '.join(given)}: set in the config"
     return resolved, f"{', '.join(parts)} ({why})"

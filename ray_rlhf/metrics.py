@@ -81,7 +81,8 @@ def _drop_rows_after(path: Path, resume_step: int) -> None:
     first = _first_dropped(resume_step)
     lines = path.read_text().splitlines(keepends=True)
     kept = [
-        line for line in lines
+        line
+        for line in lines
         if line.strip() and line.endswith("\n") and json.loads(line)["step"] < first
     ]
     if len(kept) == len(lines):

@@ -43,8 +43,7 @@ _RECOVERIES = {
     "to the learner's weights",
     "faults/rollout_replacements": "a rollout actor was out of restarts; the pool replaced it "
     "with a new one",
-    "faults/reward_restarts": "a reward actor died; Ray restarted it and its scoring was "
-    "repeated",
+    "faults/reward_restarts": "a reward actor died; Ray restarted it and its scoring was repeated",
     "faults/reward_replacements": "a reward actor was out of restarts; the pool replaced it "
     "with a new one",
 }

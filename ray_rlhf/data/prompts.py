@@ -193,9 +193,7 @@ def read_prompts(
     return prompts
 
 
-def uses_chat_template(
-    tokenizer: PreTrainedTokenizerBase | None, mode: ChatTemplateMode
-) -> bool:
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase | None, mode: ChatTemplateMode) -> bool:
     """Whether plain-text prompts are rendered with the chat template under `mode`:
     `always`, or `auto` with a tokenizer that has a template (`never`: not)."""
     has_template = tokenizer is not None and tokenizer.chat_template is not None

@@ -262,9 +262,7 @@ def _evaluate(cfg: RLHFConfig, pools: dict, prompts: PromptSet, learner: Any) ->
             out["eval/sampled/proxy_reward"] = float(scored.diagnostics["reward/raw"].mean())
             out["eval/sampled/kl_to_ref"] = float(learner.sequence_kl_to_reference(batch).mean())
         if prompts.toyworld:
-            out |= _toy_metrics(
-                f"eval/{mode}", batch.prompts, batch.responses, n, per_domain=True
-            )
+            out |= _toy_metrics(f"eval/{mode}", batch.prompts, batch.responses, n, per_domain=True)
     return out
 
 

@@ -109,9 +109,7 @@ class RewardPoolOwner:
         self._pids: list[int] = []
         self._faults: dict[str, int] = {}
 
-    def start(
-        self, count: int, timeout_s: float | None = None
-    ) -> tuple[list[Any], list[int], int]:
+    def start(self, count: int, timeout_s: float | None = None) -> tuple[list[Any], list[int], int]:
         """Create `count` scorer actors and wait up to `timeout_s` (None: no limit) until
         they run: (actors, process ids, how many did not start in time). When any did not,
         none is kept and the first two are empty.

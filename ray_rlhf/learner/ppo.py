@@ -35,6 +35,7 @@ from ray_rlhf.learner.ppo_batch import (
     batch_plan,
     global_whiten,
     logprob_diff,
+    row_bytes,
     world_size,
 )
 from ray_rlhf.learning_rates import lr_for
@@ -42,7 +43,6 @@ from ray_rlhf.models.builders import load_critic, load_policy, score_positions
 from ray_rlhf.types import RolloutBatch, ScoredBatch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
 
 
 class PPOLearner:
@@ -54,7 +54,8 @@ class PPOLearner:
         ppo, world = cfg.ppo, world_size()
         dtype = _DTYPES[cfg.model.dtype]
         remote = cfg.model.trust_remote_code
-        self.plan = batch_plan(cfg, world)
+        policy = load_policy(model_dir, dtype=dtype, trust_remote_code=remote)
+        self.plan = batch_plan(cfg, world, row_bytes(cfg, policy.config))
         self.micro, self.grad_accum = self.plan.micro, self.plan.grad_accum
         # One epoch of one minibatch: every micro-batch runs before the iteration's only
         # optimizer step, so the old logprobs are the training forward's own (exactly).
@@ -71,7 +72,6 @@ class PPOLearner:
             grad_accum=self.grad_accum,
             lr_floor=1.0,
         )
-        policy = load_policy(model_dir, dtype=dtype, trust_remote_code=remote)
         lr = lr_for(ppo.lr, "ppo.lr", policy)
         self.policy = init_engine(policy, cfg.learner, lr=lr, **engine_args)
         self.reference = load_policy(model_dir, dtype=dtype, trust_remote_code=remote).eval()
@@ -260,7 +260,11 @@ class PPOLearner:
         self.critic.train()
         values = token_values(score_positions(self.critic, exp.input_ids, exp.attention_mask))
         loss, stats = algo.value_loss(
-            values.float(), exp.old_values, exp.returns, exp.mask, self.cfg.ppo.value_clip,
+            values.float(),
+            exp.old_values,
+            exp.returns,
+            exp.mask,
+            self.cfg.ppo.value_clip,
             num_tokens=divisor,
         )
         self.critic.backward(loss)

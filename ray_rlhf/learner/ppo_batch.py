@@ -12,6 +12,7 @@ import torch
 
 from ray_rlhf import algo
 from ray_rlhf.config import RLHFConfig
+from ray_rlhf.models.memory import activation_bytes_per_row, auto_micro_batch
 
 
 @dataclass
@@ -102,8 +103,12 @@ class BatchPlan:
         return self.rows // self.minibatch
 
 
-def batch_plan(cfg: RLHFConfig, world: int) -> BatchPlan:
+def batch_plan(cfg: RLHFConfig, world: int, row_bytes: int | None = None) -> BatchPlan:
     """The exact per-rank plan for `cfg` on `world` learners.
+
+    Args:
+        row_bytes: Activation bytes of one row (`ray_rlhf.models.memory`); sizes the
+            micro-batch when `ppo.micro_batch_size` is unset.
 
     Raises:
         ValueError: naming the key when the sizes do not cut into whole pieces (the config
@@ -117,7 +122,12 @@ def batch_plan(cfg: RLHFConfig, world: int) -> BatchPlan:
             f"({ppo.minibatch_size}) must be multiples of the {world} learners"
         )
     rows, minibatch = total // world, ppo.minibatch_size // world
-    micro = min(ppo.micro_batch_size, minibatch)
+    if ppo.micro_batch_size is None:
+        if row_bytes is None:
+            raise ValueError("batch_plan: ppo.micro_batch_size is unset and no row_bytes given")
+        micro = auto_micro_batch(minibatch, row_bytes)
+    else:
+        micro = min(ppo.micro_batch_size, minibatch)
     if rows % minibatch or minibatch % micro:
         raise ValueError(
             f"ppo.minibatch_size={ppo.minibatch_size} must divide the {total} samples of an "
@@ -125,6 +135,26 @@ def batch_plan(cfg: RLHFConfig, world: int) -> BatchPlan:
             f"share ({minibatch})"
         )
     return BatchPlan(rows=rows, minibatch=minibatch, micro=micro)
+
+
+def row_bytes(cfg: RLHFConfig, model_config: Any) -> int:
+    """Estimated activation bytes of one training row of this run: its token limits (the
+    model's context when they are unset) in its dtype (`ray_rlhf.models.memory`)."""
+    data = cfg.data
+    context = int(getattr(model_config, "max_position_embeddings", 2048))
+    if data.max_prompt_tokens is None or data.max_response_tokens is None:
+        tokens, response = context, context
+    else:
+        tokens = data.max_prompt_tokens + data.max_response_tokens
+        response = data.max_response_tokens
+    dtype_bytes = 2 if cfg.model.dtype == "bfloat16" else 4
+    return activation_bytes_per_row(
+        model_config,
+        tokens,
+        response,
+        dtype_bytes,
+        checkpointed=cfg.learner.gradient_checkpointing,
+    )
 
 
 def all_reduce_max(value: float) -> float:

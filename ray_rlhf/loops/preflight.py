@@ -3,7 +3,8 @@
 `preflight` checks the model dir the stages start from, the reward (PPO), and loads,
 tokenizes and validates every data file the stages read; then it resolves
 `data.max_prompt_tokens` / `data.max_response_tokens` (`ray_rlhf.data.limits`) and the unset
-learning rates (`ray_rlhf.learning_rates`). Every
+learning rates (`ray_rlhf.learning_rates`), and for PPO an unset `ppo.micro_batch_size`
+(`ray_rlhf.models.memory`). Every
 command's `run_job` calls it once, before `init_ray` and before any stage trains (a PPO run
 without `model.path` checks the PPO prompts before its SFT stage starts), and hands the
 returned config to its stages.
@@ -53,8 +54,9 @@ def preflight(
         base_dir: The model the stages start from; default `prepare_base_model(cfg)`.
 
     Returns:
-        `cfg` with integer `data.max_prompt_tokens` and `data.max_response_tokens` and every
-        learning rate set; also written to `run_dir/config.yaml`.
+        `cfg` with integer `data.max_prompt_tokens` and `data.max_response_tokens`, every
+        learning rate and (for PPO) `ppo.micro_batch_size` set; also written to
+        `run_dir/config.yaml`.
 
     Raises:
         DataValidationError: Naming file, row and field of bad or over-long rows.
@@ -115,10 +117,41 @@ def preflight(
         shown.append("ppo.critic_lr")
     resolved, rates = resolve_learning_rates(resolved, count_parameters(base), shown)
     logger.info("learning rates: %s", rates)
+    if "ppo" in stages:
+        resolved, micro = resolve_micro_batch(resolved, base)
+        logger.info("micro-batch: %s", micro)
     # A resumed run's stored limits were resolved too: compare like with like.
     check_resume_config(resolved, run_dir, only=DERIVED_KEYS)
     dump_config(resolved, run_dir / CONFIG_FILE)
     return resolved
+
+
+def resolve_micro_batch(cfg: RLHFConfig, base: Path) -> tuple[RLHFConfig, str]:
+    """`cfg` with `ppo.micro_batch_size` set (chosen from the model's estimated activation
+    memory when unset, `ray_rlhf.models.memory`), and a log line saying why."""
+    from transformers import AutoConfig
+
+    from ray_rlhf.learner.ppo_batch import row_bytes
+    from ray_rlhf.models.memory import ACTIVATION_BUDGET_BYTES, auto_micro_batch
+
+    model_config = AutoConfig.from_pretrained(base, trust_remote_code=cfg.model.trust_remote_code)
+    per_row = row_bytes(cfg, model_config)
+    share = cfg.ppo.minibatch_size // cfg.learner.num_workers
+    tokens = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
+    estimate = f"about {per_row / 2**30:.2g} GiB of activations per row of {tokens} tokens"
+    if cfg.ppo.micro_batch_size is not None:
+        return (
+            cfg,
+            f"ppo.micro_batch_size {cfg.ppo.micro_batch_size} (set in the config; {estimate})",
+        )
+    micro = auto_micro_batch(share, per_row)
+    ppo = dataclasses.replace(cfg.ppo, micro_batch_size=micro)
+    why = (
+        f"ppo.micro_batch_size {micro} rows per forward (unset: {estimate}, at most "
+        f"{ACTIVATION_BUDGET_BYTES / 2**30:g} GiB per forward, dividing a learner's "
+        f"{share}-row minibatch share)"
+    )
+    return dataclasses.replace(cfg, ppo=ppo), why
 
 
 def chat_template_choice(mode: str, tokenizer: Any, model_dir: Path) -> str:

@@ -155,9 +155,15 @@ def policy_sample_rows(
         trust_remote_code=cfg.model.trust_remote_code,
     )
     try:
-        outputs = generate(llm, prompt_ids, n=1, temperature=cfg.rollout.temperature,
-                           top_p=cfg.rollout.top_p, max_tokens=cfg.data.max_response_tokens,
-                           seed=cfg.run.seed)
+        outputs = generate(
+            llm,
+            prompt_ids,
+            n=1,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            max_tokens=cfg.data.max_response_tokens,
+            seed=cfg.run.seed,
+        )
     finally:
         shutdown_engine(llm)
     examples, finished = [], []
@@ -183,9 +189,14 @@ def rl_prompt_texts(cfg: RLHFConfig, run_dir: Path, reference_dir: Path) -> list
 
     source = cfg.data.prompts_path or str(toyworld_files(cfg, run_dir)["train_prompts"])
     tokenizer = load_tokenizer(reference_dir, trust_remote_code=cfg.model.trust_remote_code)
-    return list(load_prompts(source, tokenizer=tokenizer,
-                             max_prompt_tokens=cfg.data.max_prompt_tokens,
-                             chat_template=cfg.data.chat_template)["prompt"])
+    return list(
+        load_prompts(
+            source,
+            tokenizer=tokenizer,
+            max_prompt_tokens=cfg.data.max_prompt_tokens,
+            chat_template=cfg.data.chat_template,
+        )["prompt"]
+    )
 
 
 def pad_rows(examples: list[tuple[list[int], list[bool]]], pad_id: int) -> dict:
@@ -261,22 +272,27 @@ def per_position_rm_and_reference(cfg: RLHFConfig) -> tuple[Path, Path]:
         raise ConfigError(f"{key}: fit-segment-normalizer needs a per_position RM dir")
     trust = cfg.model.trust_remote_code
     try:
-        rm_dir = check_reward_model_dir(cfg.reward.model_path, head="per_position",
-                                        trust_remote_code=trust)
+        rm_dir = check_reward_model_dir(
+            cfg.reward.model_path, head="per_position", trust_remote_code=trust
+        )
     except ModelDirError as err:
-        raise ConfigError(f"{key}: {err}; give a `ray-rlhf train-rm rm.head=per_position` "
-                          "output") from err
+        raise ConfigError(
+            f"{key}: {err}; give a `ray-rlhf train-rm rm.head=per_position` output"
+        ) from err
     meta_file = rm_dir / METADATA_FILE
     base = load_json(meta_file).get("base_model") if meta_file.is_file() else None
     if base is None:
-        raise ConfigError(f"{key}: {rm_dir} has no {METADATA_FILE} naming the model it was "
-                          "trained from (its reference model); give a `ray-rlhf train-rm` "
-                          "output")
+        raise ConfigError(
+            f"{key}: {rm_dir} has no {METADATA_FILE} naming the model it was "
+            "trained from (its reference model); give a `ray-rlhf train-rm` "
+            "output"
+        )
     try:
         reference = validate_model_dir(base)
     except ModelDirError as err:
-        raise ConfigError(f"{key}: the reference model {base} that {rm_dir} was trained from "
-                          f"is unusable: {err}") from err
+        raise ConfigError(
+            f"{key}: the reference model {base} that {rm_dir} was trained from is unusable: {err}"
+        ) from err
     return rm_dir, reference
 
 

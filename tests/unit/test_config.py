@@ -77,7 +77,11 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         ("ppo.clip_eps=null", r"ppo\.clip_eps: expected a number, got None"),
         ("reward.kind=model", r"reward\.model_path: required when kind is 'model'"),
         ("reward.rule=nocolon", r"reward\.rule: must look like"),
-        ("ppo.minibatch_size=50", r"ppo\.minibatch_size: must be a multiple of"),
+        ("ppo.micro_batch_size=0", r"ppo\.micro_batch_size: must be > 0"),
+        (
+            "ppo.minibatch_size=50",
+            r"ppo\.minibatch_size: 50 does not divide .* set ppo\.minibatch_size=32",
+        ),
         ("ppo.lr=-0.0001", r"ppo\.lr: must be > 0"),
         ("ppo.critic_lr=0", r"ppo\.critic_lr: must be > 0"),
         ("ppo.is_cap=0.5", r"ppo\.is_cap: must be >= 1"),
@@ -122,7 +126,7 @@ def test_cross_section_checks():
         (
             ["ppo.prompts_per_iteration=24"],
             r"ppo\.minibatch_size: 64 does not divide .* = 96 samples .*; "
-            r"set ppo\.minibatch_size=32",
+            r"set ppo\.minibatch_size=48",
         ),
         (
             ["ppo.prompts_per_iteration=6", "rollout.n_samples=3", "ppo.micro_batch_size=16"],
@@ -133,7 +137,7 @@ def test_cross_section_checks():
             r"ppo\.prompts_per_iteration: must be a multiple of learner\.num_workers \(2\)",
         ),
         (
-            ["ppo.minibatch_size=96", "ppo.prompts_per_iteration=48"],
+            ["ppo.minibatch_size=96", "ppo.prompts_per_iteration=48", "ppo.micro_batch_size=32"],
             r"ppo\.micro_batch_size: 32 must divide the per-learner minibatch .* = 48",
         ),
         (
