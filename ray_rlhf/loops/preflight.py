@@ -120,6 +120,13 @@ def preflight(
     if "ppo" in stages:
         resolved, micro = resolve_micro_batch(resolved, base)
         logger.info("micro-batch: %s", micro)
+    if resolved.resources.address is None and not resolved.learner.use_gpu:
+        import psutil  # an embedded CPU cluster: the learners share this machine's memory
+        from transformers import AutoConfig
+
+        trust = cfg.model.trust_remote_code
+        model_config = AutoConfig.from_pretrained(base, trust_remote_code=trust)
+        check_learner_memory(resolved, model_config, stages, psutil.virtual_memory().total)
     # A resumed run's stored limits were resolved too: compare like with like.
     check_resume_config(resolved, run_dir, only=DERIVED_KEYS)
     dump_config(resolved, run_dir / CONFIG_FILE)
@@ -152,6 +159,55 @@ def resolve_micro_batch(cfg: RLHFConfig, base: Path) -> tuple[RLHFConfig, str]:
         f"{share}-row minibatch share)"
     )
     return dataclasses.replace(cfg, ppo=ppo), why
+
+
+def check_learner_memory(
+    cfg: RLHFConfig, model_config: Any, stages: Collection[Stage], total_bytes: int
+) -> None:
+    """Refuses a batch whose training forwards alone would need more memory than the
+    machine has (estimated, `ray_rlhf.models.memory`): the run would be killed for memory
+    after Ray started, the model loaded and the first batch was cut.
+
+    Rows per forward on each learner: SFT `sft.batch_size / learners` (logits over every
+    token), RM `2 x rm.batch_size / learners` (chosen and rejected, a scalar head), PPO
+    `ppo.micro_batch_size` (logits over the response tokens).
+
+    Raises:
+        ConfigError: Naming the key, the estimate, the machine's memory and what to set.
+    """
+    from ray_rlhf.config import ConfigError
+    from ray_rlhf.models.memory import activation_bytes_per_row
+
+    workers = cfg.learner.num_workers
+    prompt, response = cfg.data.max_prompt_tokens, cfg.data.max_response_tokens
+    tokens = prompt + response
+    dtype_bytes = 2 if cfg.model.dtype == "bfloat16" else 4
+    forwards = {
+        "sft": ("sft.batch_size", cfg.sft.batch_size, cfg.sft.batch_size // workers, tokens),
+        "rm": ("rm.batch_size", cfg.rm.batch_size, 2 * (cfg.rm.batch_size // workers), 0),
+        "ppo": ("ppo.micro_batch_size", cfg.ppo.micro_batch_size, cfg.ppo.micro_batch_size,
+                response),
+    }  # fmt: skip
+    for stage in stages:
+        key, value, rows, head = forwards[stage]
+        per_row = activation_bytes_per_row(
+            model_config,
+            tokens,
+            head,
+            dtype_bytes,
+            checkpointed=cfg.learner.gradient_checkpointing,
+        )
+        need = workers * rows * per_row
+        if need <= total_bytes:
+            continue
+        fit = max(1, total_bytes // (2 * workers * per_row))  # half: weights, optimizer, ...
+        suggest = {"sft": fit * workers, "rm": max(1, fit // 2) * workers, "ppo": fit}[stage]
+        raise ConfigError(
+            f"{key}: {value} means {rows} rows of {tokens} tokens per training forward on each "
+            f"of the {workers} learners, about {need / 2**30:.0f} GiB of activations in all "
+            f"(estimated), more than this machine's {total_bytes / 2**30:.0f} GiB; set "
+            f"{key}={suggest} or lower, or learner.gradient_checkpointing=true"
+        )
 
 
 def chat_template_choice(mode: str, tokenizer: Any, model_dir: Path) -> str:

@@ -121,3 +121,36 @@ def test_preflight_keeps_the_tiny_models_32(tmp_path: Path):
     assert resolved.ppo.micro_batch_size == 32
     saved = yaml.safe_load((cfg.run.run_dir / "config.yaml").read_text())
     assert saved["ppo"]["micro_batch_size"] == 32
+
+
+def test_batches_whose_activations_exceed_the_machine_are_refused():
+    from ray_rlhf.config import ConfigError
+    from ray_rlhf.loops.preflight import check_learner_memory
+
+    smol = LlamaConfig(**SMOLLM2)
+    limits = ["data.max_prompt_tokens=151", "data.max_response_tokens=256"]
+    gib24 = 24 * 2**30
+    # SFT: 64 / 2 learners = 32 rows of 407 tokens, logits over all of them:
+    # (407 x 357,120 + 407 x 147,456) x 4 bytes = 0.76 GiB a row, 49 GiB for both learners.
+    cfg = load_config(None, limits)
+    with pytest.raises(ConfigError) as caught:
+        check_learner_memory(cfg, smol, ("sft",), gib24)
+    assert str(caught.value) == (
+        "sft.batch_size: 64 means 32 rows of 407 tokens per training forward on each of the 2 "
+        "learners, about 49 GiB of activations in all (estimated), more than this machine's "
+        "24 GiB; set sft.batch_size=14 or lower, or learner.gradient_checkpointing=true"
+    )
+    # RM: 2 x 32 rows, no LM head: 0.54 GiB a row, 69 GiB in all.
+    with pytest.raises(ConfigError, match=r"^rm\.batch_size: 64 means 64 rows .* about 69 GiB "
+                       r".* set rm\.batch_size=10 or lower"):  # fmt: skip
+        check_learner_memory(cfg, smol, ("rm",), gib24)
+    # PPO: a set micro-batch of 32 is refused, the automatic one (2) passes.
+    big = load_config(None, [*limits, "ppo.micro_batch_size=32"])
+    with pytest.raises(ConfigError, match=r"^ppo\.micro_batch_size: 32 .* set "
+                       r"ppo\.micro_batch_size=8 or lower"):  # fmt: skip
+        check_learner_memory(big, smol, ("ppo",), gib24)
+    auto = load_config(None, [*limits, "ppo.micro_batch_size=2"])
+    check_learner_memory(auto, smol, ("ppo",), gib24)
+    # With gradient checkpointing the SFT batch fits: 407 x (17,280 + 11,904 + 147,456) x 4.
+    recompute = load_config(None, [*limits, "learner.gradient_checkpointing=true"])
+    check_learner_memory(recompute, smol, ("sft", "rm"), gib24)
