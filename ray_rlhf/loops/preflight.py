@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -120,7 +121,8 @@ def preflight(
     if "ppo" in stages:
         resolved, micro = resolve_micro_batch(resolved, base)
         logger.info("micro-batch: %s", micro)
-    if resolved.resources.address is None and not resolved.learner.use_gpu:
+    embedded = resolved.resources.address is None and not os.environ.get("RAY_ADDRESS")
+    if embedded and not resolved.learner.use_gpu:
         import psutil  # an embedded CPU cluster: the learners share this machine's memory
         from transformers import AutoConfig
 

@@ -22,7 +22,6 @@ _TINY = [
     "ppo.iterations=2",
     "ppo.prompts_per_iteration=16",
     "ppo.minibatch_size=32",
-    "ppo.micro_batch_size=16",
     "ppo.eval_every=2",
     "data.toyworld.n_sft=500",
     "data.toyworld.n_train_prompts=200",
@@ -67,6 +66,8 @@ def test_demo_console_is_short_and_the_infrastructure_logs_are_in_the_run_dir(tm
     logs = tmp_path / "demo" / "logs"
     driver = (logs / "driver.log").read_text()
     assert "token limits: prompt 32" in driver  # the header, with the rest of the record
+    # Unset, the micro-batch of a tiny model is a learner's whole minibatch share (32 / 2).
+    assert "micro-batch: ppo.micro_batch_size 16 rows per forward (unset: about" in driver
     assert "vllm" in driver.lower()  # the evaluation engine runs in the driver
     workers = "".join(p.read_text(errors="replace") for p in (logs / "ray").glob("worker-*"))
     assert "Reporting training result" in workers  # Ray Train's per-step reports
