@@ -70,6 +70,8 @@ def preflight(
             safetensors file.
         RewardError: The reward rule cannot be imported or called as f(prompt, response).
     """
+    from transformers import AutoConfig
+
     from ray_rlhf.data.errors import DataValidationError
     from ray_rlhf.data.limits import resolve_token_limits
     from ray_rlhf.learning_rates import resolve_learning_rates
@@ -118,16 +120,14 @@ def preflight(
         shown.append("ppo.critic_lr")
     resolved, rates = resolve_learning_rates(resolved, count_parameters(base), shown)
     logger.info("learning rates: %s", rates)
+    model_config = AutoConfig.from_pretrained(base, trust_remote_code=cfg.model.trust_remote_code)
     if "ppo" in stages:
-        resolved, micro = resolve_micro_batch(resolved, base)
+        resolved, micro = resolve_micro_batch(resolved, model_config)
         logger.info("micro-batch: %s", micro)
     embedded = resolved.resources.address is None and not os.environ.get("RAY_ADDRESS")
     if embedded and not resolved.learner.use_gpu:
         import psutil  # an embedded CPU cluster: the learners share this machine's memory
-        from transformers import AutoConfig
 
-        trust = cfg.model.trust_remote_code
-        model_config = AutoConfig.from_pretrained(base, trust_remote_code=trust)
         check_learner_memory(resolved, model_config, stages, psutil.virtual_memory().total)
     # A resumed run's stored limits were resolved too: compare like with like.
     check_resume_config(resolved, run_dir, only=DERIVED_KEYS)
@@ -135,15 +135,13 @@ def preflight(
     return resolved
 
 
-def resolve_micro_batch(cfg: RLHFConfig, base: Path) -> tuple[RLHFConfig, str]:
-    """`cfg` with `ppo.micro_batch_size` set (chosen from the model's estimated activation
-    memory when unset, `ray_rlhf.models.memory`), and a log line saying why."""
-    from transformers import AutoConfig
-
+def resolve_micro_batch(cfg: RLHFConfig, model_config: Any) -> tuple[RLHFConfig, str]:
+    """`cfg` with `ppo.micro_batch_size` set (chosen from the estimated activation memory of
+    the model of HF config `model_config` when unset, `ray_rlhf.models.memory`), and a log
+    line saying why."""
     from ray_rlhf.learner.ppo_batch import row_bytes
     from ray_rlhf.models.memory import ACTIVATION_BUDGET_BYTES, auto_micro_batch
 
-    model_config = AutoConfig.from_pretrained(base, trust_remote_code=cfg.model.trust_remote_code)
     per_row = row_bytes(cfg, model_config)
     share = cfg.ppo.minibatch_size // cfg.learner.num_workers
     tokens = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens

@@ -90,9 +90,8 @@ def test_batch_plan_sizes_unset_micro_batches_from_row_bytes():
     assert row_bytes(unset, LlamaConfig(**SMOLLM2)) == (8192 * 30 * 11_904 + 8192 * 147_456) * 4
 
 
-def test_preflight_resolution_is_logged_and_stored(tmp_path: Path):
-    model = tmp_path / "model"
-    LlamaConfig(**SMOLLM2).save_pretrained(model)  # only the config is read
+def test_preflight_resolution_is_logged_and_stored():
+    model = LlamaConfig(**SMOLLM2)
     overrides = ["data.max_prompt_tokens=151", "data.max_response_tokens=32"]
     resolved, line = resolve_micro_batch(load_config(None, overrides), model)
     # (183 x 357,120 + 32 x 147,456) x 4 bytes = 0.26 GiB per row: 7 fit, 4 divides 32
