@@ -201,7 +201,9 @@ def check_learner_memory(
         if need <= total_bytes:
             continue
         fit = max(1, total_bytes // (2 * workers * per_row))  # half: weights, optimizer, ...
-        suggest = {"sft": fit * workers, "rm": max(1, fit // 2) * workers, "ppo": fit}[stage]
+        share = cfg.ppo.minibatch_size // workers  # a PPO micro-batch must divide it
+        micro = max(d for d in range(1, min(fit, share) + 1) if share % d == 0)
+        suggest = {"sft": fit * workers, "rm": max(1, fit // 2) * workers, "ppo": micro}[stage]
         raise ConfigError(
             f"{key}: {value} means {rows} rows of {tokens} tokens per training forward on each "
             f"of the {workers} learners, about {need / 2**30:.0f} GiB of activations in all "

@@ -148,6 +148,10 @@ def test_batches_whose_activations_exceed_the_machine_are_refused():
     with pytest.raises(ConfigError, match=r"^ppo\.micro_batch_size: 32 .* set "
                        r"ppo\.micro_batch_size=8 or lower"):  # fmt: skip
         check_learner_memory(big, smol, ("ppo",), gib24)
+    # 7 rows would fit; 4 is the largest that divides a learner's 16-row share.
+    odd = load_config(None, [*limits, "ppo.micro_batch_size=32", "ppo.minibatch_size=32"])
+    with pytest.raises(ConfigError, match=r"set ppo\.micro_batch_size=4 or lower"):
+        check_learner_memory(odd, smol, ("ppo",), 20 * 2**30)
     auto = load_config(None, [*limits, "ppo.micro_batch_size=2"])
     check_learner_memory(auto, smol, ("ppo",), gib24)
     # With gradient checkpointing the SFT batch fits: 407 x (17,280 + 11,904 + 147,456) x 4.
